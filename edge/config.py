@@ -1,0 +1,437 @@
+"""Site configuration (CONTRACT.md section 2): YAML validated into typed, frozen models.
+
+Every problem is reported with the file, the line and the field path, and all problems are
+reported at once, so an installer fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+DEFAULT_POLL_S = {"ac": 2.0, "meter": 1.0, "relay": 1.0}
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(_M):
+    school_id: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$")
+    gateway_id: Id
+    timezone: str = "Asia/Taipei"
+
+
+class MqttConfig(_M):
+    url: str = Field(pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+
+
+class InfluxConfig(_M):
+    url: str = Field(pattern=r"^https?://")
+    org: str
+    bucket: str
+    token_file: Path | None = None
+
+
+class CloudConfig(_M):
+    mqtt: MqttConfig
+    topic_prefix: str = "campus/v1"
+    command_keys: list[Path] = Field(default_factory=list)
+    influx: InfluxConfig | None = None
+
+
+class Storage(_M):
+    path: Path = Path("/var/lib/campus-edge")
+
+
+class TcpBus(_M):
+    id: Id
+    type: Literal["tcp"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    retries: int = Field(1, ge=0, le=5)
+
+
+class RtuBus(_M):
+    id: Id
+    type: Literal["rtu"]
+    device: str = Field(min_length=1)
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    retries: int = Field(1, ge=0, le=5)
+    wire_emulation: bool = Field(False, description="pace requests as a real line at `baudrate` would (ptys ignore baud)")
+
+
+Bus = Annotated[TcpBus | RtuBus, Field(discriminator="type")]
+
+
+class Room(_M):
+    id: Id
+    name: str = ""
+    floor: int = Field(1, ge=-5, le=200)
+    area_m2: float = Field(70.0, gt=0, le=2000)
+    west_facing: bool = False
+    pupils: int = Field(28, ge=0, le=200)
+
+
+class ModbusDevice(_M):
+    id: Id
+    kind: Literal["ac", "meter", "relay"]
+    profile: str
+    bus: Id
+    unit: int = Field(ge=0, le=247)
+    index: int | None = Field(None, ge=0, le=65535)
+    offset: int = Field(0, ge=-16, le=16, description="per-device address shift (firmware quirks)")
+    room: Id | None = None
+    name: str = ""
+    poll_s: float | None = Field(None, ge=0.1, le=3600)
+    timeout_s: float | None = Field(None, gt=0, le=30)
+
+    @property
+    def poll_period_s(self) -> float:
+        return self.poll_s if self.poll_s is not None else DEFAULT_POLL_S[self.kind]
+
+
+class RelayChannel(_M):
+    id: Id
+    kind: Literal["light", "fan", "door"]
+    relay: Id
+    channel: int = Field(ge=0, le=63)
+    room: Id | None = None
+    name: str = ""
+
+
+class RfidReader(_M):
+    id: Id
+    kind: Literal["rfid"]
+    port: str
+    framing: Literal["rdm6300", "wiegand26", "wiegand34", "line"]
+    purpose: Literal["gate", "door", "health"]
+    door: Id | None = None
+    baudrate: int = 9600
+    name: str = ""
+
+
+class BeaconScanner(_M):
+    id: Id
+    kind: Literal["beacon_scanner"]
+    adapter: str | None = None
+    away_s: float = Field(180.0, gt=0)
+    name: str = ""
+
+
+Device = Annotated[ModbusDevice | RelayChannel | RfidReader | BeaconScanner, Field(discriminator="kind")]
+
+
+class EmsConfig(_M):
+    meter: Id
+    contract_kw: float = Field(gt=0, le=100000)
+
+
+class SimulationConfig(_M):
+    """Knobs of the virtual school (`campus-edge simulate`); ignored by the daemon."""
+
+    speed: float = Field(1.0, gt=0, le=3600, description="simulated seconds per real second")
+    start: str | None = Field(None, description="ISO 8601 start of simulated time (default: now)")
+    outdoor_min_c: float = 27.0
+    outdoor_max_c: float = 34.0
+    base_load_kw: float = Field(25.0, ge=0)
+    seed: int = 7
+    initial_room_c: float | None = None
+
+
+class Config(_M):
+    site: Site
+    cloud: CloudConfig | None = None
+    storage: Storage = Storage()
+    profile_dirs: list[Path] = Field(default_factory=list)
+    buses: list[Bus] = Field(default_factory=list)
+    rooms: list[Room] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    ems: EmsConfig | None = None
+    simulation: SimulationConfig = SimulationConfig()
+    status_port: int = Field(8765, ge=0, le=65535, description="loopback HTTP status API (0 = any free port)")
+
+    # -- look-ups used everywhere ---------------------------------------------------------------
+    def modbus_devices(self) -> list[ModbusDevice]:
+        return [d for d in self.devices if isinstance(d, ModbusDevice)]
+
+    def relay_channels(self) -> list[RelayChannel]:
+        return [d for d in self.devices if isinstance(d, RelayChannel)]
+
+    def device(self, device_id: str) -> Device:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+    def bus(self, bus_id: str) -> TcpBus | RtuBus:
+        for b in self.buses:
+            if b.id == bus_id:
+                return b
+        raise KeyError(bus_id)
+
+    def room(self, room_id: str) -> Room:
+        for r in self.rooms:
+            if r.id == room_id:
+                return r
+        raise KeyError(room_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading with line numbers
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '(top)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+Loc = tuple[str | int, ...]
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_env(text: str, missing: list[str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(2) is not None:
+            return m.group(2)
+        missing.append(name)
+        return m.group(0)
+
+    return _ENV.sub(sub, text)
+
+
+def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], missing_env: list[tuple[Loc, str]]) -> Any:
+    """Python data from a composed YAML node, recording each path's line (1-based)."""
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, val_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+            if key in out:
+                lines[(*loc, key)] = key_node.start_mark.line + 1
+                raise _DuplicateKey((*loc, key))
+            out[key] = _walk(val_node, (*loc, key), lines, missing_env)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(v, (*loc, i), lines, missing_env) for i, v in enumerate(node.value)]
+    value = yaml.SafeLoader(yaml.serialize(node)).get_single_data()  # resolve the scalar's tag
+    if isinstance(value, str) and "$" in value:
+        missing: list[str] = []
+        value = _expand_env(value, missing)
+        missing_env.extend((loc, name) for name in missing)
+        if node.tag == "tag:yaml.org,2002:str" and node.style is None:
+            value = yaml.safe_load(value) if value.strip() else value  # `port: ${PORT}` is a number
+    return value
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, loc: Loc) -> None:
+        self.loc = loc
+
+
+def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _fmt_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
+    """Parse `path`; return (data, line map, problems). Syntax errors become problems."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, {}, [ConfigProblem(name, None, "", f"cannot read: {exc.strerror or exc}")]
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        msg = str(getattr(exc, "problem", None) or exc)
+        return None, {}, [ConfigProblem(name, line, "", f"YAML syntax error: {msg}")]
+    if node is None:
+        return None, {}, [ConfigProblem(name, None, "", "the file is empty")]
+    lines: dict[Loc, int] = {}
+    missing_env: list[tuple[Loc, str]] = []
+    try:
+        data = _walk(node, (), lines, missing_env)
+    except _DuplicateKey as dup:
+        return None, lines, [ConfigProblem(name, lines.get(dup.loc), _fmt_loc(dup.loc), "duplicate key")]
+    problems = [ConfigProblem(name, lines.get(loc), _fmt_loc(loc), f"environment variable {var} is not set")
+                for loc, var in missing_env]
+    return data, lines, problems
+
+
+def _pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int]) -> list[ConfigProblem]:
+    out = []
+    for err in exc.errors():
+        loc: Loc = tuple(err["loc"])
+        # discriminated unions add the tag ('ac', 'tcp') to the path: drop it for a readable path
+        clean: Loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(ConfigProblem(file, _line_for(clean, lines), _fmt_loc(clean), msg))
+    return out
+
+
+_UNION_TAGS = {"tcp", "rtu", "ac", "meter", "relay", "light", "fan", "door", "rfid", "beacon_scanner",
+               "ModbusDevice", "RelayChannel", "RfidReader", "BeaconScanner"}
+
+Checker = Callable[[Config], Iterator[tuple[Loc, str]]]
+
+
+def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
+    """Problems no single field shows: duplicate ids, dangling references."""
+    from drivers.modbus.profile import ProfileError, load_profile  # profiles are data, not code
+
+    for section, items in (("buses", cfg.buses), ("rooms", cfg.rooms), ("devices", cfg.devices)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.id in seen:
+                yield (section, i, "id"), f"duplicate id {item.id!r} (first at {section}[{seen[item.id]}])"
+            else:
+                seen[item.id] = i
+    bus_ids = {b.id for b in cfg.buses}
+    room_ids = {r.id for r in cfg.rooms}
+    by_id = {d.id: d for d in cfg.devices}
+    units_seen: dict[tuple[str, int, int | None], int] = {}
+    for i, dev in enumerate(cfg.devices):
+        room = getattr(dev, "room", None)
+        if room is not None and room not in room_ids:
+            yield ("devices", i, "room"), f"unknown room {room!r}"
+        if isinstance(dev, ModbusDevice):
+            if dev.bus not in bus_ids:
+                yield ("devices", i, "bus"), f"unknown bus {dev.bus!r} (buses: {', '.join(sorted(bus_ids)) or 'none'})"
+            try:
+                prof = load_profile(dev.profile, cfg.profile_dirs)
+            except ProfileError as exc:
+                yield ("devices", i, "profile"), str(exc)
+                continue
+            if prof.kind != dev.kind:
+                yield ("devices", i, "kind"), f"profile {dev.profile} is for kind {prof.kind!r}, not {dev.kind!r}"
+            why = prof.check_index(dev.index)
+            if why:
+                yield ("devices", i, "index"), why
+            key = (dev.bus, dev.unit, dev.index)
+            if key in units_seen:
+                first = units_seen[key]
+                yield ("devices", i, "unit"), f"same bus, unit and index as devices[{first}] ({cfg.devices[first].id})"
+            else:
+                units_seen[key] = i
+        elif isinstance(dev, RelayChannel):
+            board = by_id.get(dev.relay)
+            if not isinstance(board, ModbusDevice) or board.kind != "relay":
+                yield ("devices", i, "relay"), f"{dev.relay!r} is not a relay board device"
+                continue
+            try:
+                channels = load_profile(board.profile, cfg.profile_dirs).channels or 0
+            except ProfileError:
+                continue  # reported on the board itself
+            if dev.channel >= channels:
+                yield ("devices", i, "channel"), f"channel {dev.channel} out of range 0..{channels - 1} of {dev.relay}"
+        elif isinstance(dev, RfidReader):
+            if dev.purpose == "door":
+                door = by_id.get(dev.door) if dev.door else None
+                if not isinstance(door, RelayChannel) or door.kind != "door":
+                    yield ("devices", i, "door"), "a door reader needs `door:` naming a door device"
+    relay_chan: dict[tuple[str, int], str] = {}
+    for i, dev in enumerate(cfg.devices):
+        if isinstance(dev, RelayChannel):
+            k = (dev.relay, dev.channel)
+            if k in relay_chan:
+                yield ("devices", i, "channel"), f"channel {dev.channel} of {dev.relay} already used by {relay_chan[k]}"
+            relay_chan[k] = dev.id
+    if cfg.ems is not None:
+        meter = by_id.get(cfg.ems.meter)
+        if not isinstance(meter, ModbusDevice) or meter.kind != "meter":
+            yield ("ems", "meter"), f"{cfg.ems.meter!r} is not a meter device"
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths are relative to the config file (CONTRACT.md section 2)."""
+
+    def fix(v: Any) -> Any:
+        return v if not isinstance(v, str) or os.path.isabs(v) else str(base / v)
+
+    if isinstance(data.get("profile_dirs"), list):
+        data["profile_dirs"] = [fix(v) for v in data["profile_dirs"]]
+    storage = data.get("storage")
+    if isinstance(storage, dict) and "path" in storage:
+        storage["path"] = fix(storage["path"])
+    cloud = data.get("cloud")
+    if isinstance(cloud, dict):
+        if isinstance(cloud.get("command_keys"), list):
+            cloud["command_keys"] = [fix(v) for v in cloud["command_keys"]]
+        for sub, keys in (("mqtt", ("password_file", "ca_file", "cert_file", "key_file")), ("influx", ("token_file",))):
+            sect = cloud.get(sub)
+            if isinstance(sect, dict):
+                for k in keys:
+                    if k in sect:
+                        sect[k] = fix(sect[k])
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a config file; raise ConfigError listing every problem found."""
+    p = Path(path)
+    name = str(path)
+    data, lines, problems = load_yaml_with_lines(p)
+    if data is None:
+        raise ConfigError(problems)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(name, 1, "", "the top level must be a mapping")])
+    _resolve_paths(data, p.resolve().parent)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems + _pydantic_problems(name, exc, lines)) from None
+    problems += [ConfigProblem(name, _line_for(loc, lines), _fmt_loc(loc), msg) for loc, msg in _cross_checks(cfg)]
+    if problems:
+        raise ConfigError(problems)
+    return cfg
