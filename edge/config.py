@@ -78,7 +78,6 @@ class RtuBus(_M):
     bytesize: Literal[7, 8] = 8
     timeout_s: float = Field(1.0, gt=0, le=30)
     retries: int = Field(1, ge=0, le=5)
-    wire_emulation: bool = Field(False, description="pace requests as a real line at `baudrate` would (ptys ignore baud)")
 
 
 Bus = Annotated[TcpBus | RtuBus, Field(discriminator="type")]
@@ -157,6 +156,9 @@ class SimulationConfig(_M):
     base_load_kw: float = Field(25.0, ge=0)
     seed: int = 7
     initial_room_c: float | None = None
+    wire_emulation: bool = Field(
+        False, description="answer RTU requests only after the time the frames take at the bus baud rate (ptys ignore baud)"
+    )
 
 
 class Config(_M):
