@@ -157,7 +157,7 @@ class SimulationConfig(_M):
     seed: int = 7
     initial_room_c: float | None = None
     wire_emulation: bool = Field(
-        False, description="answer RTU requests only after the time the frames take at the bus baud rate (ptys ignore baud)"
+        False, description="answer RTU requests after the time the frames take at the bus baud rate (ptys ignore baud)"
     )
 
 
@@ -246,7 +246,7 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], missing_env: list[tu
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, val_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if not isinstance(key_node, yaml.ScalarNode) else key_node.value
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else yaml.safe_load(yaml.serialize(key_node))
             if key in out:
                 lines[(*loc, key)] = key_node.start_mark.line + 1
                 raise _DuplicateKey((*loc, key))
@@ -259,7 +259,7 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], missing_env: list[tu
         missing: list[str] = []
         value = _expand_env(value, missing)
         missing_env.extend((loc, name) for name in missing)
-        if node.tag == "tag:yaml.org,2002:str" and node.style is None:
+        if isinstance(node, yaml.ScalarNode) and node.style is None:
             value = yaml.safe_load(value) if value.strip() else value  # `port: ${PORT}` is a number
     return value
 
@@ -378,11 +378,10 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
                 continue  # reported on the board itself
             if dev.channel >= channels:
                 yield ("devices", i, "channel"), f"channel {dev.channel} out of range 0..{channels - 1} of {dev.relay}"
-        elif isinstance(dev, RfidReader):
-            if dev.purpose == "door":
-                door = by_id.get(dev.door) if dev.door else None
-                if not isinstance(door, RelayChannel) or door.kind != "door":
-                    yield ("devices", i, "door"), "a door reader needs `door:` naming a door device"
+        elif isinstance(dev, RfidReader) and dev.purpose == "door":
+            door = by_id.get(dev.door) if dev.door else None
+            if not isinstance(door, RelayChannel) or door.kind != "door":
+                yield ("devices", i, "door"), "a door reader needs `door:` naming a door device"
     relay_chan: dict[tuple[str, int], str] = {}
     for i, dev in enumerate(cfg.devices):
         if isinstance(dev, RelayChannel):

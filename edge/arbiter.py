@@ -1,0 +1,275 @@
+"""The arbiter: the only writer to actuators.
+
+Every actuator has one effective desired state, resolved field by field from requests by source
+priority (safety > EMS > facility/local > booking/schedule > teacher > default), each request with
+an optional expiry. When a higher source lets go, the next one's wish comes back: if the EMS
+sheds a room for ten minutes, the teacher's request returns; if nobody had asked for anything,
+the state from before the override is restored.
+
+It also enforces the compressor's minimum off time itself (DOMAIN.md section 4): an AC switched
+off is never commanded on again within `min_off_s`; the start is deferred, not dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol
+
+from edge.clock import Clock, SystemClock
+from edge.store import Store
+
+log = logging.getLogger(__name__)
+
+MIN_OFF_S = 180.0  # split units refuse a restart within 3 minutes (Panasonic/Haier service manuals)
+
+
+class Source(IntEnum):
+    """Who asks; the value is the priority."""
+
+    DEFAULT = 0
+    TEACHER = 20
+    SCHEDULE = 40
+    FACILITY = 60
+    LOCAL = 61
+    EMS = 80
+    SAFETY = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    actuator: str
+    source: Source
+    fields: Mapping[str, Any]
+    expires: float | None = None
+    requester: str | None = None
+    ts: float = 0.0
+
+
+class ApplyError(Exception):
+    """An actuator could not be driven; `code` is a result code of CONTRACT.md section 3."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Actuators(Protocol):
+    async def apply(self, actuator: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Write `fields`, read them back, return the verified values; raise ApplyError."""
+
+    def actual(self, actuator: str) -> Mapping[str, Any]:
+        """The actuator's last known state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a submitted request led to."""
+
+    ok: bool
+    code: str
+    message: str
+    effective: Mapping[str, Any]
+    verified: Mapping[str, Any]
+    deferred_until: float | None = None
+
+
+@dataclass
+class _Actuator:
+    requests: dict[Source, Request] = field(default_factory=dict)
+    applied: dict[str, Any] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    off_since: float | None = None
+    deferred_until: float | None = None
+
+
+class Arbiter:
+    def __init__(self, actuators: Actuators, store: Store | None = None, clock: Clock | None = None,
+                 min_off: Callable[[str], float] | None = None) -> None:
+        self._act = actuators
+        self._store = store
+        self._clock = clock or SystemClock()
+        self._min_off = min_off or (lambda _a: 0.0)
+        self._state: dict[str, _Actuator] = {}
+        self._wake = asyncio.Event()
+        self.on_change: Callable[[str, Mapping[str, Any]], None] | None = None
+        if store is not None:
+            for actuator, source, fields, expires, requester, ts in store.load_requests():
+                try:
+                    src = Source[source]
+                except KeyError:
+                    log.warning("dropping stored request of unknown source %s for %s", source, actuator)
+                    continue
+                self._a(actuator).requests[src] = Request(actuator, src, fields, expires, requester, ts)
+
+    def _a(self, actuator: str) -> _Actuator:
+        return self._state.setdefault(actuator, _Actuator())
+
+    # -- resolution --------------------------------------------------------------------------
+    def effective(self, actuator: str) -> dict[str, Any]:
+        """The desired state: each field from the highest-priority live request that sets it."""
+        now = self._clock.time()
+        out: dict[str, Any] = {}
+        for src in sorted(self._a(actuator).requests, reverse=True):
+            req = self._a(actuator).requests[src]
+            if req.expires is not None and req.expires <= now:
+                continue
+            for k, v in req.fields.items():
+                out.setdefault(k, v)
+        return out
+
+    def requests(self, actuator: str) -> list[Request]:
+        return sorted(self._a(actuator).requests.values(), key=lambda r: -r.source)
+
+    # -- changes -----------------------------------------------------------------------------
+    async def submit(self, req: Request) -> Outcome:
+        """Record `req` (replacing the same source's previous one) and drive the actuator."""
+        st = self._a(req.actuator)
+        if req.source >= Source.EMS:
+            self._remember_restore_point(req)
+        req = Request(req.actuator, req.source, dict(req.fields), req.expires, req.requester,
+                      req.ts or self._clock.time())
+        st.requests[req.source] = req
+        self._persist(req)
+        self._wake.set()
+        return await self.reconcile(req.actuator, focus=set(req.fields))
+
+    async def release(self, actuator: str, source: Source) -> Outcome:
+        st = self._a(actuator)
+        if st.requests.pop(source, None) is not None and self._store is not None:
+            self._store.delete_request(actuator, source.name)
+        return await self.reconcile(actuator)
+
+    def _remember_restore_point(self, req: Request) -> None:
+        """Before an override, keep what the actuator was doing so that it comes back after."""
+        st = self._a(req.actuator)
+        actual = self._act.actual(req.actuator)
+        keep = {k: actual[k] for k in req.fields
+                if k in actual and actual[k] is not None
+                and not any(k in r.fields for s, r in st.requests.items() if s != req.source)}
+        if keep:
+            base = dict(st.requests[Source.DEFAULT].fields) if Source.DEFAULT in st.requests else {}
+            base.update(keep)
+            st.requests[Source.DEFAULT] = Request(req.actuator, Source.DEFAULT, base, None, "restore",
+                                                  self._clock.time())
+            self._persist(st.requests[Source.DEFAULT])
+
+    def _persist(self, req: Request) -> None:
+        if self._store is not None:
+            self._store.save_request(req.actuator, req.source.name, req.fields, req.expires, req.requester, req.ts)
+
+    def observe(self, actuator: str, state: Mapping[str, Any]) -> None:
+        """Track what the device does by itself (remote control, lock-out) for the min-off rule."""
+        st = self._a(actuator)
+        if state.get("power_on") is False and st.off_since is None:
+            st.off_since = self._clock.time()
+        elif state.get("power_on") is True:
+            st.off_since = None
+
+    async def reconcile(self, actuator: str, focus: set[str] | None = None) -> Outcome:
+        """Write whatever of the effective state has not been applied yet; verify it."""
+        st = self._a(actuator)
+        async with st.lock:
+            want = self.effective(actuator)
+            todo = {k: v for k, v in want.items() if st.applied.get(k, _UNSET) != v}
+            if focus:  # a new request re-asserts its fields even when we think they are applied
+                actual = self._act.actual(actuator)
+                todo.update({k: want[k] for k in focus if k in want and actual.get(k, _UNSET) != want[k]})
+            deferred = self._defer_start(actuator, st, todo)
+            if not todo:
+                return Outcome(True, "ok", "nothing to change", want, {}, deferred)
+            try:
+                verified = dict(await self._act.apply(actuator, todo))
+            except ApplyError as exc:
+                log.warning("apply %s %s failed: %s %s", actuator, todo, exc.code, exc.message)
+                return Outcome(False, exc.code, exc.message, want, {}, deferred)
+            st.applied.update(todo)
+            if todo.get("power_on") is False:
+                st.off_since = self._clock.time()
+            elif todo.get("power_on") is True:
+                st.off_since = None
+            self._drop_applied_restore_point(actuator, st, todo)
+            if self.on_change is not None:
+                self.on_change(actuator, want)
+            return Outcome(True, "ok", "applied", want, verified, deferred)
+
+    def _defer_start(self, actuator: str, st: _Actuator, todo: dict[str, Any]) -> float | None:
+        if todo.get("power_on") is not True or st.off_since is None:
+            st.deferred_until = None
+            return None
+        allowed = st.off_since + self._min_off(actuator)
+        if self._clock.time() >= allowed:
+            st.deferred_until = None
+            return None
+        del todo["power_on"]
+        st.deferred_until = allowed
+        self._wake.set()
+        log.info("start of %s deferred %.0f s (minimum off time)", actuator, allowed - self._clock.time())
+        return allowed
+
+    def _drop_applied_restore_point(self, actuator: str, st: _Actuator, applied: Mapping[str, Any]) -> None:
+        base = st.requests.get(Source.DEFAULT)
+        if base is None or base.requester != "restore":
+            return
+        if any(s > Source.DEFAULT and not self._expired(r) for s, r in st.requests.items()):
+            return
+        del st.requests[Source.DEFAULT]
+        if self._store is not None:
+            self._store.delete_request(actuator, Source.DEFAULT.name)
+        del applied
+
+    def _expired(self, r: Request) -> bool:
+        return r.expires is not None and r.expires <= self._clock.time()
+
+    def forget_applied(self, actuator: str) -> None:
+        """The device was offline or restarted: re-apply the whole effective state next time."""
+        self._a(actuator).applied.clear()
+
+    # -- time --------------------------------------------------------------------------------
+    def _next_deadline(self) -> float:
+        nxt = math.inf
+        for st in self._state.values():
+            for r in st.requests.values():
+                if r.expires is not None:
+                    nxt = min(nxt, r.expires)
+            if st.deferred_until is not None:
+                nxt = min(nxt, st.deferred_until)
+        return nxt
+
+    async def run(self) -> None:
+        """Apply expiries and deferred starts when they fall due."""
+        while True:
+            self._wake.clear()
+            delay = self._next_deadline() - self._clock.time()
+            if delay > 0:
+                sleeper = asyncio.ensure_future(self._clock.sleep(min(delay, 3600.0)))
+                waker = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (sleeper, waker):
+                        t.cancel()
+                    await asyncio.gather(sleeper, waker, return_exceptions=True)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Drop expired requests and start deferred units whose time has come."""
+        now = self._clock.time()
+        for actuator, st in list(self._state.items()):
+            expired = [s for s, r in st.requests.items() if r.expires is not None and r.expires <= now]
+            for s in expired:
+                del st.requests[s]
+                if self._store is not None:
+                    self._store.delete_request(actuator, s.name)
+            due = st.deferred_until is not None and st.deferred_until <= now
+            if expired or due:
+                st.deferred_until = None
+                await self.reconcile(actuator)
+
+
+_UNSET = object()
