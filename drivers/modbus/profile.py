@@ -29,6 +29,10 @@ WordOrder = Literal["big", "little"]
 WORDS: dict[str, int] = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
 BIT_TABLES = ("coil", "discrete")
 READ_FC: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+_RAW_LIMITS: dict[str, tuple[int, int]] = {
+    "bool": (0, 1), "uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF),
+    "uint32": (0, 0xFFFFFFFF), "int32": (-0x80000000, 0x7FFFFFFF),
+}
 
 
 class ProfileError(ValueError):
@@ -238,20 +242,30 @@ def encode(point: Point, value: Any, current: int = 0) -> list[int]:
     elif point.boolean or point.datatype == "bool":
         raw = int(bool(value))
     else:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{point.field}: {value!r} is not a finite number")
         if point.range is not None and not point.range[0] <= value <= point.range[1]:
             raise ValueError(f"{point.field}: {value} outside {point.range[0]}..{point.range[1]}")
         raw = value / point.scale if point.scale != 1.0 else value
+    if point.datatype == "float32":
+        try:
+            hi, lo = struct.unpack(">HH", struct.pack(">f", float(raw)))
+        except OverflowError as exc:
+            raise ValueError(f"{point.field}: {value!r} does not fit float32") from exc
+        return [hi, lo] if point.word_order == "big" else [lo, hi]
+    # a value the register cannot hold must not wrap around into another, valid-looking one
+    num = round(raw)
+    lo_raw, hi_raw = _RAW_LIMITS[point.datatype]
     if point.bits is not None:
-        lo_bit, hi_bit = point.bits
-        mask = ((1 << (hi_bit - lo_bit + 1)) - 1) << lo_bit
-        return [(current & ~mask & 0xFFFF) | ((int(raw) << lo_bit) & mask)]
-    if point.datatype in ("uint16", "bool"):
-        return [int(round(raw)) & 0xFFFF]
-    if point.datatype == "int16":
-        return [int(round(raw)) & 0xFFFF]
-    fmt = {"int32": ">i", "uint32": ">I", "float32": ">f"}[point.datatype]
-    num = float(raw) if point.datatype == "float32" else int(round(raw))
-    hi, lo = struct.unpack(">HH", struct.pack(fmt, num))
+        lo_raw, hi_raw = 0, (1 << (point.bits[1] - point.bits[0] + 1)) - 1
+    if not lo_raw <= num <= hi_raw:
+        raise ValueError(f"{point.field}: {value!r} does not fit the register (raw {lo_raw}..{hi_raw})")
+    if point.bits is not None:
+        mask = hi_raw << point.bits[0]
+        return [(current & ~mask & 0xFFFF) | (num << point.bits[0])]
+    if WORDS[point.datatype] == 1:
+        return [num & 0xFFFF]
+    hi, lo = struct.unpack(">HH", struct.pack(">i" if point.datatype == "int32" else ">I", num))
     return [hi, lo] if point.word_order == "big" else [lo, hi]
 
 
