@@ -260,8 +260,17 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], missing_env: list[tu
         value = _expand_env(value, missing)
         missing_env.extend((loc, name) for name in missing)
         if isinstance(node, yaml.ScalarNode) and node.style is None:
-            value = yaml.safe_load(value) if value.strip() else value  # `port: ${PORT}` is a number
+            value = _env_scalar(value)
     return value
+
+
+def _env_scalar(text: str) -> Any:
+    """`port: ${PORT}` is a number; any other expanded text (`{`, `a: b`, a date) stays text."""
+    try:
+        parsed = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+    return parsed if isinstance(parsed, int | float) else text
 
 
 class _DuplicateKey(Exception):

@@ -1,0 +1,265 @@
+"""The daemon: the composition root that wires config, drivers, state, arbiter and APIs.
+
+One supervisor (`asyncio.TaskGroup`) runs every service; SIGTERM/SIGINT set `stop`, the group is
+cancelled, the store is flushed, and the process exits 0. Runs fully without a cloud section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drivers.devices import AC_WRITABLE, channel_field, state_for
+from drivers.modbus.engine import BusEngine, DeviceHealth, DeviceSpec, Reading, WriteError
+from drivers.modbus.profile import Profile, load_profile
+from edge.arbiter import ApplyError, Arbiter, Outcome, Request, Source
+from edge.clock import Clock, SystemClock, iso
+from edge.config import Config, ModbusDevice, RelayChannel
+from edge.events import EventBus, Message
+from edge.http import HttpServer
+from edge.store import Store
+
+log = logging.getLogger("campus_edge.daemon")
+
+VERSION = "0.1.0"
+FLUSH_S = 60.0  # state rows written to the SD card at most this often (wear)
+MAX_DOOR_UNLOCK_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A light, fan or door wired to a relay board channel."""
+
+    device: RelayChannel
+    field: str
+
+
+class Daemon:
+    """Everything the gateway runs, as one async context: `async with Daemon(cfg) as d: await d.wait()`."""
+
+    def __init__(self, cfg: Config, clock: Clock | None = None, status_port: int | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.started_at = self.clock.time()
+        self.bus = EventBus()
+        self.store = Store(Path(cfg.storage.path) / "state.db")
+        self.profiles: dict[str, Profile] = {}
+        self.engines: dict[str, BusEngine] = {}
+        self.engine_of: dict[str, BusEngine] = {}
+        self.kind_of: dict[str, str] = {}
+        self.channels_of: dict[str, list[Channel]] = {}
+        self.channel_devices: dict[str, Channel] = {}
+        self.values: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, dict[str, Any]] = {}
+        self.arbiter = Arbiter(self, self.store, self.clock, min_off=self._min_off)
+        self.http = HttpServer("127.0.0.1", cfg.status_port if status_port is None else status_port)
+        self._stop = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._build()
+
+    # -- wiring ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        extra = [Path(p) for p in self.cfg.profile_dirs]
+        by_bus: dict[str, list[DeviceSpec]] = {}
+        for dev in self.cfg.modbus_devices():
+            prof = load_profile(dev.profile, extra)
+            self.profiles[dev.id] = prof
+            self.kind_of[dev.id] = dev.kind
+            by_bus.setdefault(dev.bus, []).append(DeviceSpec.from_config(dev, prof))
+        for ch in self.cfg.relay_channels():
+            c = Channel(ch, channel_field(ch.channel))
+            self.channels_of.setdefault(ch.relay, []).append(c)
+            self.channel_devices[ch.id] = c
+            self.kind_of[ch.id] = ch.kind
+        for bus in self.cfg.buses:
+            specs = by_bus.get(bus.id, [])
+            if not specs:
+                continue
+            engine = BusEngine(bus, specs, sink=self, clock=self.clock)
+            self.engines[bus.id] = engine
+            for s in specs:
+                self.engine_of[s.device_id] = engine
+        for dev_id in self.kind_of:
+            prev = self.store.states.get(dev_id, {})
+            # state survives a restart but is not vouched for until a fresh reading arrives
+            self.states[dev_id] = {**prev, "online": False, "ts": prev.get("ts")}
+
+    def _min_off(self, actuator: str) -> float:
+        return 180.0 if self.kind_of.get(actuator) == "ac" else 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Daemon:
+        self._routes()
+        await self.http.start()
+        self._exit = contextlib.AsyncExitStack()
+        for engine in self.engines.values():
+            await self._exit.enter_async_context(engine)
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
+                    self._tasks.create_task(self._flusher(), name="store-flush")]
+        log.info("daemon started: %d devices on %d buses, status API on 127.0.0.1:%d",
+                 len(self.kind_of), len(self.engines), self.http.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tasks is not None
+        for t in self._bg:
+            t.cancel()
+        await self._tasks.__aexit__(None, None, None)
+        await self._exit.aclose()
+        await self.http.close()
+        for dev_id, st in self.states.items():
+            self.store.put_state(dev_id, st)
+        self.store.close()
+        log.info("daemon stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await asyncio.to_thread(self.store.flush)
+
+    # -- readings in (the engines' sink) ---------------------------------------------------------
+    def on_reading(self, r: Reading) -> None:
+        vals = self.values.setdefault(r.device_id, {})
+        vals.update(r.values)
+        kind = self.kind_of[r.device_id]
+        prof = self.profiles[r.device_id]
+        typed = state_for(kind, vals, prof.channels or 0)
+        if kind == "ac" and vals.get("fault_code") == 65535:
+            self._set_state(r.device_id, {**typed, "online": False}, r.ts)
+        else:
+            self._set_state(r.device_id, {**typed, "online": True}, r.ts)
+        if kind == "ac":
+            self.arbiter.observe(r.device_id, typed)
+        for ch in self.channels_of.get(r.device_id, []):
+            if ch.field in vals:
+                self._set_state(ch.device.id, {"on": bool(vals[ch.field]), "online": True}, r.ts)
+
+    def on_health(self, h: DeviceHealth) -> None:
+        affected = [h.device_id] + [c.device.id for c in self.channels_of.get(h.device_id, [])]
+        for dev_id in affected:
+            self._set_state(dev_id, {**self.states.get(dev_id, {}), "online": h.online}, self.clock.time())
+            if h.online:
+                self.arbiter.forget_applied(dev_id)
+                if self._tasks is not None:
+                    self._tasks.create_task(self.arbiter.reconcile(dev_id), name=f"reapply-{dev_id}")
+        self._event("fault", {"device": h.device_id, "code": "offline" if not h.online else "online",
+                              "message": h.error})
+
+    def _set_state(self, dev_id: str, state: Mapping[str, Any], ts: float) -> None:
+        old = self.states.get(dev_id, {})
+        new = {**state, "ts": iso(ts)}
+        changed = {k for k in new if k != "ts" and old.get(k) != new[k]}
+        self.states[dev_id] = new
+        if not changed:
+            return
+        self.store.put_state(dev_id, new)
+        if "fault" in changed and new.get("fault") is not None:
+            self._event("fault", {"device": dev_id, "code": new["fault"]})
+        self.bus.publish(Message("state", dev_id, new, ts))
+
+    def _event(self, kind: str, body: Mapping[str, Any]) -> None:
+        now = self.clock.time()
+        payload = {"id": os.urandom(8).hex(), "ts": iso(now), "kind": kind, **body}
+        log.info("event %s %s", kind, body)
+        self.bus.publish(Message("event", kind, payload, now))
+
+    # -- actuators (the arbiter's side) ----------------------------------------------------------
+    def actual(self, actuator: str) -> Mapping[str, Any]:
+        return self.states.get(actuator, {})
+
+    async def apply(self, actuator: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        ch = self.channel_devices.get(actuator)
+        try:
+            if ch is not None:
+                engine = self.engine_of[ch.device.relay]
+                got = await engine.write(ch.device.relay, {ch.field: bool(fields["on"])})
+                return {"on": got[ch.field]}
+            engine = self.engine_of[actuator]
+            return await engine.write(actuator, dict(fields))
+        except WriteError as exc:
+            raise ApplyError(exc.code, str(exc)) from exc
+        except KeyError as exc:
+            raise ApplyError("unknown_target", f"{actuator} has no writable field {exc}") from exc
+
+    async def command(self, target: str, fields: Mapping[str, Any], source: Source,
+                      requester: str | None = None, hold_s: float | None = None) -> Outcome:
+        """A validated request for one actuator, through the arbiter (local API, schedules, cloud)."""
+        kind = self.kind_of.get(target)
+        if kind is None:
+            return Outcome(False, "unknown_target", f"no device {target!r}", {}, {})
+        allowed = AC_WRITABLE if kind == "ac" else {"on"} if kind in ("light", "fan", "door") else set()
+        bad = set(fields) - allowed
+        if not fields or bad:
+            return Outcome(False, "bad_request", f"{target} accepts {sorted(allowed)}, got {sorted(fields)}", {}, {})
+        physical = self.channel_devices[target].device.relay if target in self.channel_devices else target
+        if not self.states.get(physical, {}).get("online", False):
+            return Outcome(False, "device_offline", f"{physical} is offline", {}, {})
+        expires = None if hold_s is None else self.clock.time() + hold_s
+        return await self.arbiter.submit(Request(target, source, dict(fields), expires, requester))
+
+    async def unlock(self, door_id: str, seconds: float) -> None:
+        """Open a door for `seconds`; the relay board re-locks by itself even if we die (flash)."""
+        ch = self.channel_devices[door_id]
+        engine = self.engine_of[ch.device.relay]
+        await engine.flash(ch.device.relay, ch.device.channel, on=True, seconds=min(seconds, MAX_DOOR_UNLOCK_S))
+
+    # -- local status API ------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {"devices": self.states}
+
+    def _routes(self) -> None:
+        async def get_status(_path: str, _body: bytes) -> tuple[int, Any]:
+            return 200, {**self.status(), "gateway": self.gateway_info()}
+
+        async def get_health(_path: str, _body: bytes) -> tuple[int, Any]:
+            return 200, {"ok": True, "uptime_s": round(self.clock.time() - self.started_at, 1)}
+
+        async def get_metrics(_path: str, _body: bytes) -> tuple[int, Any]:
+            return 200, self.metrics_text()
+
+        async def post_device(path: str, body: bytes) -> tuple[int, Any]:
+            import json
+
+            target = path.rsplit("/", 1)[-1]
+            try:
+                fields = json.loads(body or b"{}")
+                if not isinstance(fields, dict):
+                    raise ValueError("a JSON object of fields is expected")
+            except ValueError as exc:
+                return 400, {"status": "rejected", "code": "bad_request", "message": str(exc)}
+            out = await self.command(target, fields, Source.LOCAL, requester="local")
+            return (200 if out.ok else 409), {"status": "ok" if out.ok else "failed", "code": out.code,
+                                               "message": out.message, "state": self.states.get(target)}
+
+        self.http.route("GET", "/status", get_status)
+        self.http.route("GET", "/health", get_health)
+        self.http.route("GET", "/metrics", get_metrics)
+        self.http.route("POST", "/devices/", post_device)
+
+    def gateway_info(self) -> dict[str, Any]:
+        return {"school_id": self.cfg.site.school_id, "gateway_id": self.cfg.site.gateway_id,
+                "version": VERSION, "started_at": iso(self.started_at),
+                "buses": {bid: e.stats() for bid, e in self.engines.items()}}
+
+    def metrics_text(self) -> str:
+        lines = ["# TYPE campus_edge_device_online gauge"]
+        lines += [f'campus_edge_device_online{{device="{d}"}} {int(bool(s.get("online")))}'
+                  for d, s in sorted(self.states.items())]
+        lines.append("# TYPE campus_edge_uptime_seconds gauge")
+        lines.append(f"campus_edge_uptime_seconds {time.monotonic():.0f}")
+        return "\n".join(lines) + "\n"
