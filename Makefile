@@ -45,7 +45,6 @@ demo: dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check edge drivers ems cloud_sync simulator tests bench 2>/dev/null || true
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
