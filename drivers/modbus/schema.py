@@ -13,7 +13,7 @@ from typing import Any
 from drivers.modbus.profile import PROFILE_DIR, Profile
 
 SCHEMA_PATH = PROFILE_DIR / "profile.schema.json"
-SCHEMA_ID = "https://github.com/campus-edge/campus-edge/config/profiles/profile.schema.json"
+SCHEMA_ID = "urn:campus-edge:schema:profile:v1"  # an identifier, not a download location
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
