@@ -139,6 +139,27 @@ class Arbiter:
         self._wake.set()
         return await self.reconcile(req.actuator, focus=set(req.fields))
 
+    async def set_baseline(self, actuator: str, fields: Mapping[str, Any], requester: str) -> Outcome:
+        """Switch once (a schedule): replace what teachers and defaults asked for these fields."""
+        st = self._a(actuator)
+        for src in [s for s in st.requests if s < Source.SCHEDULE]:
+            req = st.requests[src]
+            rest = {k: v for k, v in req.fields.items() if k not in fields}
+            if src == Source.DEFAULT:
+                continue
+            if rest:
+                st.requests[src] = Request(actuator, src, rest, req.expires, req.requester, req.ts)
+                self._persist(st.requests[src])
+            else:
+                del st.requests[src]
+                if self._store is not None:
+                    self._store.delete_request(actuator, src.name)
+        base = dict(st.requests[Source.DEFAULT].fields) if Source.DEFAULT in st.requests else {}
+        base.update(fields)
+        st.requests[Source.DEFAULT] = Request(actuator, Source.DEFAULT, base, None, requester, self._clock.time())
+        self._persist(st.requests[Source.DEFAULT])
+        return await self.reconcile(actuator, focus=set(fields))
+
     async def release(self, actuator: str, source: Source) -> Outcome:
         st = self._a(actuator)
         if st.requests.pop(source, None) is not None and self._store is not None:

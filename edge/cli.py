@@ -1,4 +1,4 @@
-"""`campus-edge`: the command line (CONTRACT.md section 1). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config."""
+"""`campus-edge`: the command line (CONTRACT.md section 1). Exit 0 ok, 1 runtime failure, 2 bad usage/config."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def cmd_set(args: argparse.Namespace) -> int:
         fields[name] = _parse_value(value)
     port = _status_port(args)
     try:
-        code, body = asyncio.run(get_json("127.0.0.1", port, f"/devices/{args.device}", body=fields, timeout=15))
+        code, body = asyncio.run(get_json("127.0.0.1", port, f"/devices/{args.device}", body=fields, wait_s=15))
     except OSError as exc:
         print(f"campus-edge set: no daemon on 127.0.0.1:{port} ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_RUNTIME
@@ -137,7 +137,8 @@ def cmd_modbus(args: argparse.Namespace) -> int:
 
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="campus-edge", description="Edge gateway and energy-management daemon for schools.")
+    ap = argparse.ArgumentParser(prog="campus-edge",
+                                 description="Edge gateway and energy-management daemon for schools.")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--log-format", default="text", choices=["text", "json"], help="structured log lines")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")

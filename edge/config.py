@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 DEFAULT_POLL_S = {"ac": 2.0, "meter": 1.0, "relay": 1.0}
@@ -146,6 +146,25 @@ class EmsConfig(_M):
     contract_kw: float = Field(gt=0, le=100000)
 
 
+class ScheduleEntry(_M):
+    """At `at` on `days`, set `set` on `targets` (device ids, room ids, or `kind:ac` / `kind:light` ...)."""
+
+    id: Id
+    at: str = Field(pattern=r"^([01]?\d|2[0-3]):[0-5]\d$")
+    days: str = "mon-fri"
+    targets: list[str] = Field(min_length=1)
+    set: dict[str, bool | float | str] = Field(min_length=1)
+    hold_min: float = Field(0, ge=0, le=24 * 60, description="0 = switch once; >0 = hold at schedule priority")
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: str) -> str:
+        from edge.schedule import parse_days
+
+        parse_days(v)
+        return v
+
+
 class SimulationConfig(_M):
     """Knobs of the virtual school (`campus-edge simulate`); ignored by the daemon."""
 
@@ -170,6 +189,7 @@ class Config(_M):
     rooms: list[Room] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=list)
     ems: EmsConfig | None = None
+    schedules: list[ScheduleEntry] = Field(default_factory=list)
     simulation: SimulationConfig = SimulationConfig()
     status_port: int = Field(8765, ge=0, le=65535, description="loopback HTTP status API (0 = any free port)")
 
@@ -179,6 +199,16 @@ class Config(_M):
 
     def relay_channels(self) -> list[RelayChannel]:
         return [d for d in self.devices if isinstance(d, RelayChannel)]
+
+    def actuators_for(self, target: str) -> list[str]:
+        """Actuator ids a schedule target names: a device id, a room id, or `kind:KIND`."""
+        writable = [d for d in self.devices
+                    if (isinstance(d, ModbusDevice) and d.kind == "ac") or isinstance(d, RelayChannel)]
+        if target.startswith("kind:"):
+            return [d.id for d in writable if d.kind == target[5:]]
+        if any(d.id == target for d in writable):
+            return [target]
+        return [d.id for d in writable if getattr(d, "room", None) == target]
 
     def device(self, device_id: str) -> Device:
         for d in self.devices:
@@ -398,6 +428,11 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
             if k in relay_chan:
                 yield ("devices", i, "channel"), f"channel {dev.channel} of {dev.relay} already used by {relay_chan[k]}"
             relay_chan[k] = dev.id
+    for i, entry in enumerate(cfg.schedules):
+        for j, target in enumerate(entry.targets):
+            if not cfg.actuators_for(target):
+                yield ("schedules", i, "targets", j), (
+                    f"{target!r} names no AC, light, fan or door (device, room or kind:KIND)")
     if cfg.ems is not None:
         meter = by_id.get(cfg.ems.meter)
         if not isinstance(meter, ModbusDevice) or meter.kind != "meter":

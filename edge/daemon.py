@@ -15,15 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from drivers.devices import AC_WRITABLE, channel_field, state_for
 from drivers.modbus.engine import BusEngine, DeviceHealth, DeviceSpec, Reading, WriteError
 from drivers.modbus.profile import Profile, load_profile
 from edge.arbiter import ApplyError, Arbiter, Outcome, Request, Source
 from edge.clock import Clock, SystemClock, iso
-from edge.config import Config, ModbusDevice, RelayChannel
+from edge.config import Config, RelayChannel
 from edge.events import EventBus, Message
 from edge.http import HttpServer
+from edge.schedule import ScheduleRunner
 from edge.store import Store
 
 log = logging.getLogger("campus_edge.daemon")
@@ -60,6 +62,9 @@ class Daemon:
         self.states: dict[str, dict[str, Any]] = {}
         self.arbiter = Arbiter(self, self.store, self.clock, min_off=self._min_off)
         self.http = HttpServer("127.0.0.1", cfg.status_port if status_port is None else status_port)
+        self.schedules = ScheduleRunner(
+            [(e.id, e.at, e.days, [a for t in e.targets for a in cfg.actuators_for(t)], dict(e.set), e.hold_min)
+             for e in cfg.schedules], ZoneInfo(cfg.site.timezone), self.clock, self._fire_schedule)
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._build()
@@ -104,7 +109,8 @@ class Daemon:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
-                    self._tasks.create_task(self._flusher(), name="store-flush")]
+                    self._tasks.create_task(self._flusher(), name="store-flush"),
+                    self._tasks.create_task(self.schedules.run(), name="schedules")]
         log.info("daemon started: %d devices on %d buses, status API on 127.0.0.1:%d",
                  len(self.kind_of), len(self.engines), self.http.port)
         return self
@@ -211,6 +217,22 @@ class Daemon:
             return Outcome(False, "device_offline", f"{physical} is offline", {}, {})
         expires = None if hold_s is None else self.clock.time() + hold_s
         return await self.arbiter.submit(Request(target, source, dict(fields), expires, requester))
+
+    async def _fire_schedule(self, entry: str, target: str, fields: dict[str, Any], hold_s: float | None) -> None:
+        kind = self.kind_of.get(target)
+        if kind != "ac" and "power_on" in fields:
+            fields = {"on": fields.pop("power_on"), **fields}
+        allowed = AC_WRITABLE if kind == "ac" else {"on"}
+        fields = {k: v for k, v in fields.items() if k in allowed}
+        if not fields:
+            return
+        requester = f"schedule:{entry}"
+        if hold_s:
+            out = await self.command(target, fields, Source.SCHEDULE, requester=requester, hold_s=hold_s)
+        else:
+            out = await self.arbiter.set_baseline(target, fields, requester)
+        if not out.ok:
+            log.warning("schedule %s on %s: %s %s", entry, target, out.code, out.message)
 
     async def unlock(self, door_id: str, seconds: float) -> None:
         """Open a door for `seconds`; the relay board re-locks by itself even if we die (flash)."""

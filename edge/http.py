@@ -91,14 +91,14 @@ class HttpServer:
         return (405 if allowed else 404), b'{"error": "no such resource"}', "application/json"
 
 
-async def get_json(host: str, port: int, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+async def get_json(host: str, port: int, path: str, body: Any = None, wait_s: float = 5.0) -> tuple[int, Any]:
     """A minimal client for the status API (used by the CLI)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait_s)
     data = b"" if body is None else json.dumps(body).encode()
     method = "GET" if body is None else "POST"
     writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
     await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), timeout)
+    raw = await asyncio.wait_for(reader.read(), wait_s)
     writer.close()
     head, _, payload = raw.partition(b"\r\n\r\n")
     status = int(head.split()[1])

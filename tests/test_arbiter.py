@@ -108,3 +108,18 @@ async def test_requests_survive_a_restart(tmp_path: Path) -> None:
     store3 = Store(tmp_path / "s.db")
     assert list(store3.load_requests()) == []
     store3.close()
+
+
+async def test_schedule_switch_replaces_teacher_wish_but_not_ems() -> None:
+    clock, unit = ManualClock(0.0), Unit()
+    arb = Arbiter(unit, clock=clock)
+    await arb.submit(Request("ac-5", Source.TEACHER, {"power_on": True, "setpoint_c": 26}))
+    await arb.submit(Request("ac-6", Source.EMS, {"power_on": False}, expires=100.0))
+    await arb.set_baseline("ac-5", {"power_on": False}, "schedule:evening")
+    await arb.set_baseline("ac-6", {"power_on": True}, "schedule:morning")
+    assert unit.state["ac-5"] == {"power_on": False, "setpoint_c": 26}
+    assert arb.effective("ac-5") == {"power_on": False, "setpoint_c": 26}
+    assert unit.state["ac-6"]["power_on"] is False  # the EMS still holds it
+    clock.advance(101)
+    await arb.tick()
+    assert unit.state["ac-6"]["power_on"] is True
