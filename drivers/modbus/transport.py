@@ -1,0 +1,145 @@
+"""Transport seam: one pymodbus client per bus, and single transactions with typed failures.
+
+pymodbus' own retries and reconnects are switched off; the engine owns both so that a dead
+device's timeouts never make the library drop a TCP connection shared with healthy devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest, WriteSingleCoilRequest
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
+
+from drivers.modbus.profile import BIT_TABLES, Table
+from edge.config import RtuBus, TcpBus
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+LIBRARY_TIMEOUT_S = 60.0  # pymodbus' own response timeout; ours (asyncio.timeout) always fires first
+CONNECT_TIMEOUT_S = 3.0
+
+
+class TransportError(Exception):
+    """A transaction failed; `kind` says how (the engine's health reasons use it)."""
+
+    kind = "error"
+
+
+class Timeout(TransportError):
+    kind = "timeout"
+
+
+class Garbage(TransportError):
+    """The answer did not match the request (wrong function, count or transaction)."""
+
+    kind = "garbage"
+
+
+class Disconnected(TransportError):
+    kind = "connection"
+
+
+class DeviceException(TransportError):
+    """The device answered with a Modbus exception response."""
+
+    kind = "exception"
+
+    def __init__(self, code: int, function_code: int) -> None:
+        self.code = code
+        self.function_code = function_code
+        super().__init__(f"exception code {code} to function {function_code}")
+
+
+def make_client(bus: TcpBus | RtuBus) -> Client:
+    """A disconnected client for `bus`; call inside the running loop."""
+    if isinstance(bus, TcpBus):
+        return AsyncModbusTcpClient(bus.host, port=bus.port, name=bus.id, reconnect_delay=0,
+                                    timeout=max(CONNECT_TIMEOUT_S, bus.timeout_s), retries=0)
+    # Serial opens are local and fast; pymodbus uses this value as the response timeout too.
+    return AsyncModbusSerialClient(bus.device, name=bus.id, baudrate=bus.baudrate, parity=bus.parity,
+                                   stopbits=bus.stopbits, bytesize=bus.bytesize, reconnect_delay=0,
+                                   timeout=LIBRARY_TIMEOUT_S, retries=0)
+
+
+async def connect(client: Client) -> bool:
+    """Open the transport; False when it cannot be opened now."""
+    try:
+        return bool(await client.connect())
+    except (OSError, ModbusException):
+        return False
+
+
+async def execute(client: Client, request: ModbusPDU, timeout_s: float) -> ModbusPDU:
+    """Send one request and return its (non-exception) response, or raise a TransportError."""
+    if not client.connected:
+        raise Disconnected("not connected")
+    try:
+        async with asyncio.timeout(timeout_s):
+            response: ModbusPDU = await client.execute(False, request)
+    except TimeoutError as exc:
+        raise Timeout(f"no answer within {timeout_s:g} s") from exc
+    except ConnectionException as exc:
+        raise Disconnected(str(exc)) from exc
+    except ModbusException as exc:  # ModbusIOException: answer from another transaction or unit
+        if not client.connected:
+            raise Disconnected(str(exc)) from exc
+        raise Garbage(str(exc)) from exc
+    if response is None:
+        raise Garbage("no response object")
+    if response.isError():
+        raise DeviceException(getattr(response, "exception_code", 0), request.function_code)
+    if response.function_code != request.function_code:
+        raise Garbage(f"function {response.function_code} answers {request.function_code}")
+    return response
+
+
+_READS: dict[str, type[ModbusPDU]] = {
+    "coil": ReadCoilsRequest, "discrete": ReadDiscreteInputsRequest,
+    "holding": ReadHoldingRegistersRequest, "input": ReadInputRegistersRequest,
+}
+
+
+def read_pdu(unit: int, table: Table, address: int, count: int) -> ModbusPDU:
+    cls: type[ModbusPDU] = _READS[table]
+    return cls(address=address, count=count, dev_id=unit)
+
+
+async def read(client: Client, unit: int, table: Table, address: int, count: int,
+               timeout_s: float) -> list[int]:
+    """Words (or 0/1 bits) of one read; a short or malformed answer raises Garbage."""
+    response = await execute(client, read_pdu(unit, table, address, count), timeout_s)
+    if table in BIT_TABLES:
+        bits = list(response.bits)
+        if len(bits) < count:
+            raise Garbage(f"{len(bits)} bits for {count} requested")
+        return [int(b) for b in bits[:count]]
+    regs = list(response.registers)
+    if len(regs) != count:
+        raise Garbage(f"{len(regs)} registers for {count} requested")
+    return regs
+
+
+async def write(client: Client, unit: int, table: Table, address: int, words: Sequence[int],
+                timeout_s: float, *, multiple: bool = False) -> None:
+    """Write coils (FC05 per coil), one register (FC06) or several registers (FC16)."""
+    if table == "coil":
+        for i, word in enumerate(words):
+            await execute(client, WriteSingleCoilRequest(address=address + i, bits=[bool(word)], dev_id=unit),
+                          timeout_s)
+    elif table != "holding":
+        raise ValueError(f"table {table} is read-only")
+    elif len(words) == 1 and not multiple:
+        await execute(client, WriteSingleRegisterRequest(address=address, registers=list(words), dev_id=unit),
+                      timeout_s)
+    else:
+        await execute(client, WriteMultipleRegistersRequest(address=address, registers=list(words),
+                                                            dev_id=unit), timeout_s)
