@@ -87,7 +87,8 @@ class Server:
     delay_s: dict[int, float] = field(default_factory=dict)  # unit -> seconds before answering
     on_write: dict[int, Action] = field(default_factory=dict)  # unit -> hook run on writes
     counts: Counter[tuple[int, int, int, int]] = field(default_factory=Counter)  # (unit, fc, addr, count)
-    log: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    log: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # (monotonic, unit, fc, addr, count)
+    frames: list[bytes] = field(default_factory=list)  # raw request bytes as received
     port: int = 0
     rtu: bool = False
     _server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -102,6 +103,7 @@ class Server:
     def reset(self) -> None:
         self.counts.clear()
         self.log.clear()
+        self.frames.clear()
 
     async def get(self, unit: int, fc: int, address: int, count: int) -> list[Any]:
         assert self._server is not None
@@ -121,7 +123,10 @@ class Server:
         return pdu
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending or not data:
+        if not sending:
+            self.frames.append(bytes(data))
+            return data
+        if not data:
             return data
         unit = data[0] if self.rtu else data[6]
         if unit in self.silent:
@@ -150,7 +155,7 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def tcp(self) -> AsyncIterator[Server]:
-        server = ModbusTcpServer(self._devices(), address=(LOOPBACK, 0), trace_pdu=self._trace_pdu,
+        server = ModbusTcpServer(self._devices(), address=(LOOPBACK, self.port), trace_pdu=self._trace_pdu,
                                  trace_packet=self._trace_packet, custom_pdu=[WaveshareCoilRequest])
         await server.serve_forever(background=True)
         self.port = server.transport.sockets[0].getsockname()[1]

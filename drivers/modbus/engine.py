@@ -195,8 +195,9 @@ class ModbusBus:
         for task in self._tasks:
             task.cancel()
         try:
-            assert self._tg is not None
-            await self._tg.__aexit__(exc_type, exc, tb)
+            if self._tg is not None:
+                # The body's own exception propagates unwrapped; only a crashed loop makes a group.
+                await self._tg.__aexit__(None, None, None)
         finally:
             for fut in self._pending:
                 if not fut.done():

@@ -1,0 +1,364 @@
+"""Bus engine against real pymodbus servers: polling, writes, faults, reconnects, RTU over a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from modbus_server import LOOPBACK, Recorder, Server, Unit, engine_tasks, pty_pair, wait_for
+
+from drivers.modbus.engine import ModbusBus, ModbusEngine, WriteError
+from drivers.modbus.planner import DeviceSpec, plan
+from drivers.modbus.profile import load_profile
+from edge.config import Config, RtuBus, TcpBus
+
+COOLMASTER = load_profile("coolmasternet")
+DAIKIN = load_profile("daikin-dta116a51")
+INTESIS = load_profile("intesis-inmbsdai")
+SDM630 = load_profile("eastron-sdm630")
+RELAY = load_profile("waveshare-relay-8ch")
+MODES = ["cool", "heat", "auto", "dry", "fan"]
+FANS = ["low", "medium", "high", "auto"]
+
+
+@pytest.fixture(autouse=True)
+async def no_engine_tasks() -> AsyncIterator[None]:
+    yield
+    assert engine_tasks() == []
+
+
+def ac_values(va: int) -> dict[str, Any]:
+    return {"mode": MODES[va % 5], "fan": FANS[va % 4], "setpoint_c": 20.0 + (va % 10) / 2,
+            "power_on": va % 2 == 1, "filter_sign": False, "room_temp_c": 25.0 + (va % 7) / 10,
+            "fault_code": va if va % 10 == 0 else 0}
+
+
+def acs(n: int, unit: int = 1, poll_s: float = 0.2, first: int = 1) -> list[DeviceSpec]:
+    return [DeviceSpec(f"ac{va}", COOLMASTER, unit, va, poll_s=poll_s) for va in range(first, first + n)]
+
+
+def ac_unit(specs: list[DeviceSpec], unit: int = 1) -> Unit:
+    image = Unit(unit, holding=[0] * (16 * (max(s.index or 0 for s in specs) + 1) + 16))
+    for spec in specs:
+        image.fill(spec, ac_values(spec.index or 0))
+    return image
+
+
+def intesis(unit: int, poll_s: float = 0.2) -> tuple[DeviceSpec, Unit]:
+    spec = DeviceSpec(f"in{unit}", INTESIS, unit, poll_s=poll_s)
+    image = Unit(unit, holding=[0] * 32).fill(spec, {"power_on": True, "mode": "cool", "fan": "low", "setpoint_c": 26.0,
+                                                     "room_temp_c": 28.0, "alarm": False, "fault_code": 0})
+    return spec, image
+
+
+def tcp(server: Server, timeout_s: float = 0.3, retries: int = 1, bus_id: str = "ac-bus") -> TcpBus:
+    return TcpBus(id=bus_id, type="tcp", host=LOOPBACK, port=server.port, timeout_s=timeout_s, retries=retries)
+
+
+async def online(bus: ModbusBus, ids: list[str], timeout_s: float = 5.0) -> None:
+    await wait_for(lambda: all(bus.online(d) for d in ids), timeout_s)
+
+
+# -- polling ----------------------------------------------------------------------------------------
+
+
+async def test_150_units_are_read_with_exactly_the_planned_requests() -> None:
+    specs = acs(150, poll_s=0.5)
+    server = Server([ac_unit(specs)])
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server), specs, rec) as bus:
+            await online(bus, [s.device_id for s in specs])
+            planned = {(r.address, r.count) for r in plan(specs)}
+            assert len(planned) == 19
+            assert bus.stats()["requests_per_cycle"] == 19
+            server.reset()
+            await asyncio.sleep(1.6)  # about three cycles
+            counts = [n for (u, fc, a, c), n in server.counts.items() if (u, fc) == (1, 3)]
+            assert server.keys(1, 3) == planned  # the server saw the planned reads and nothing else
+            assert max(counts) - min(counts) <= 1  # every read once per cycle
+            assert 3 <= min(counts) <= 5
+            for va in (1, 8, 9, 77, 150):
+                assert rec.state(f"ac{va}") == ac_values(va)
+
+
+async def test_sdm630_reads_respect_even_and_80_register_rules_on_the_wire() -> None:
+    spec = DeviceSpec("meter", SDM630, 1, poll_s=0.2)
+    values = {"voltage_l1_v": 230.1, "current_l2_a": 18.25, "power_w": 12345.0, "pf": -0.95, "freq_hz": 60.0,
+              "import_energy_kwh": 1234.5, "max_demand_w": 15000.0, "energy_kwh": 98765.5}
+    server = Server([Unit(1, input=[0] * 400).fill(spec, values)])
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server), [spec], rec) as bus:
+            await online(bus, ["meter"])
+            await wait_for(lambda: values.keys() <= rec.state("meter").keys())
+            got = rec.state("meter")
+            assert {k: got[k] for k in values} == pytest.approx(values, rel=1e-6)  # float32 precision
+        for address, count in server.keys(1, 4):
+            assert address % 2 == 0
+            assert count % 2 == 0
+            assert count <= 80
+
+
+async def test_out_of_range_and_unknown_codes_are_rejected_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    (spec,) = acs(1)
+    image = ac_unit([spec])
+    image.holding[16 + 6] = 900  # room temperature 90.0 degC: outside -10..60
+    image.holding[16 + 0] = 9  # mode code 9: not in the map
+    server = Server([image])
+    caplog.set_level(logging.WARNING, logger="drivers.modbus.engine")
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server), [spec], rec) as bus:
+            await wait_for(lambda: rec.count("ac1") >= 4)
+            stats = bus.stats()["devices"]["ac1"]
+    assert rec.readings[0].rejected == {"room_temp_c": "out_of_range", "mode": "unknown_enum"}
+    assert all("room_temp_c" not in r.values and "mode" not in r.values for r in rec.readings)
+    assert rec.state("ac1")["setpoint_c"] == ac_values(1)["setpoint_c"]
+    assert stats["rejected"]["room_temp_c"] >= 4
+    warned = [r for r in caplog.records if "room_temp_c rejected" in r.getMessage()]
+    assert len(warned) == 1
+
+
+# -- writes -----------------------------------------------------------------------------------------
+
+
+async def test_write_encodes_sends_and_verifies() -> None:
+    specs = acs(3)
+    server = Server([ac_unit(specs)])
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server), specs, rec) as bus:
+            await online(bus, ["ac2"])
+            server.reset()
+            got = await bus.write("ac2", {"setpoint_c": 27.5, "mode": "dry", "power_on": True})
+            assert got == {"setpoint_c": 27.5, "mode": "dry", "power_on": True}
+            assert await server.get(1, 3, 32, 4) == [3, 2, 275, 1]  # dry, fan untouched (high), 27.5, on
+            assert {(fc, a) for (_u, fc, a, _c) in server.counts if fc == 6} == {(6, 32), (6, 34), (6, 35)}
+            assert bus.latest("ac2")["setpoint_c"] == 27.5
+
+            with pytest.raises(WriteError) as err:
+                await bus.write("ac2", {"setpoint_c": 50})
+            assert err.value.code == "out_of_range"
+            with pytest.raises(WriteError) as err:
+                await bus.write("ac2", {"mode": "turbo"})
+            assert err.value.code == "out_of_range"
+            with pytest.raises(WriteError) as err:
+                await bus.write("ac2", {"room_temp_c": 20})
+            assert err.value.code == "bad_request"
+            with pytest.raises(WriteError) as err:
+                await bus.write("ac2", {"colour": "red"})
+            assert err.value.code == "bad_request"
+
+            server.refuse[1] = [(6, 48, 64)]  # VA3 refuses writes
+            with pytest.raises(WriteError) as err:
+                await bus.write("ac3", {"setpoint_c": 24.0})
+            assert err.value.code == "write_failed"
+            server.refuse.clear()
+
+            async def clamp(srv: Server, fc: int, address: int, count: int, values: list[Any]) -> None:
+                values[:] = [min(v, 260) for v in values]  # a unit that quietly limits its setpoint
+
+            server.on_write[1] = clamp
+            with pytest.raises(WriteError) as err:
+                await bus.write("ac1", {"setpoint_c": 28.0})
+            assert err.value.code == "write_failed"
+            assert bus.stats()["verify_failures"] == 1
+
+
+async def test_daikin_writes_the_whole_control_block_with_fc16() -> None:
+    spec = DeviceSpec("d5", DAIKIN, 1, 5, poll_s=0.2)
+    image = Unit(1, input=[0] * 3800, holding=[0] * 2300)
+    image.fill(spec, {"power_on": False, "fan": "high", "mode": "cool", "setpoint_c": 26.0, "room_temp_c": 29.0,
+                      "fault_code": 0})
+
+    async def mirror(srv: Server, fc: int, address: int, count: int, values: list[Any]) -> None:
+        """The interface applies control words (HR 2000+3n) to the unit status (IR 2000+6n)."""
+        if fc != 16:  # our own status update below comes through here too
+            return
+        n = (address - 2000) // 3
+        w0, w1 = await srv.get(1, 4, 2000 + 6 * n, 2)
+        status = [(w0 & ~1) | (values[0] & 1), (w1 & ~0xF) | (values[1] & 0xF), values[2]]
+        await srv.set(1, 4, 2000 + 6 * n, status)
+
+    server = Server([image], on_write={1: mirror})
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server), [spec], rec) as bus:
+            await online(bus, ["d5"])
+            server.reset()
+            assert await bus.write("d5", {"setpoint_c": 27.0}) == {"setpoint_c": 27.0}
+            assert server.keys(1, 16) == {(2015, 3)}
+            assert await server.get(1, 3, 2015, 3) == [0, 2, 270]  # off and cool kept, setpoint changed
+            assert await bus.write("d5", {"power_on": True, "mode": "heat"}) == {"power_on": True, "mode": "heat"}
+            assert await server.get(1, 3, 2015, 3) == [1, 1, 270]
+            status = await server.get(1, 4, 2030, 3)
+            assert (status[0] >> 12) & 7 == 2  # the fan bits of the status word survived
+            assert bus.latest("d5")["fan"] == "high"
+
+
+async def test_writes_preempt_polls_and_polls_never_pile_up() -> None:
+    pairs = [intesis(u, poll_s=0.05) for u in range(1, 11)]
+    server = Server([img for _s, img in pairs], delay_s=dict.fromkeys(range(1, 11), 0.02))
+    specs = [s for s, _img in pairs]
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server, timeout_s=1.0), specs, rec) as bus:
+            await online(bus, [s.device_id for s in specs])
+            await asyncio.sleep(0.5)  # the bus is saturated: 10 reads of 20 ms each, wanted every 50 ms
+            t0 = time.monotonic()
+            assert await bus.write("in10", {"setpoint_c": 27.0}) == {"setpoint_c": 27.0}
+            after = [(fc, unit) for (t, unit, fc, _a, _c) in server.log if t >= t0]
+            assert after.index((6, 10)) <= 1  # at most the read already in flight went first
+            assert bus.stats()["max_queue"] <= len(specs)  # one queued read per planned request, never more
+
+
+# -- faults -----------------------------------------------------------------------------------------
+
+
+async def test_a_sub_unit_answering_exceptions_is_split_out_and_its_neighbours_stay_merged() -> None:
+    specs = acs(8)
+    server = Server([ac_unit(specs)], refuse={1: [(3, 80, 96)]})  # VA5's registers
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server), specs, rec, rng=None) as bus:
+            healthy = [s.device_id for s in specs if s.device_id != "ac5"]
+            await online(bus, healthy)
+            await wait_for(lambda: rec.last_health("ac5") is not None)
+            assert rec.last_health("ac5").online is False
+            assert rec.last_health("ac5").reason == "exception code 2"
+            assert {(r.address, r.count) for r in bus.plan} == {(16, 56), (96, 40)}
+            server.refuse.clear()  # repaired: the next probe brings it back and the reads merge again
+            await wait_for(lambda: bus.online("ac5"), timeout_s=6.0)
+            assert {(r.address, r.count) for r in bus.plan} == {(16, 120)}
+            assert [h.online for h in rec.health if h.device_id == "ac5"] == [False, True]
+
+
+async def measure(specs: list[DeviceSpec], server: Server, watch: list[str], window_s: float,
+                  wait_offline: list[str]) -> tuple[dict[str, int], ModbusBus]:
+    rec = Recorder()
+    async with ModbusBus(tcp(server, timeout_s=0.25), specs, rec) as bus:
+        await online(bus, watch)
+        await wait_for(lambda: all(rec.last_health(d) is not None for d in wait_offline), timeout_s=5.0)
+        server.reset()
+        start = rec.readings[-1].ts
+        await asyncio.sleep(window_s)
+        counts = {d: rec.count(d, since=start) for d in watch}
+    return counts, bus
+
+
+@pytest.mark.parametrize("fault", ["silent", "garbage"])
+async def test_a_dead_or_babbling_unit_backs_off_and_does_not_slow_the_others(fault: str) -> None:
+    ac_specs = acs(8, poll_s=0.2)
+    good, good_img = intesis(2, poll_s=0.2)
+    bad, bad_img = intesis(3, poll_s=0.2)
+    watch = ["ac1", "ac8", "in2"]
+    server = Server([ac_unit(ac_specs), good_img, bad_img])
+    async with server.tcp():
+        baseline, _ = await measure([*ac_specs, good], server, watch, 3.0, [])
+        getattr(server, fault).add(3)
+        faulty, bus = await measure([*ac_specs, good, bad], server, watch, 3.0, ["in3"])
+        probes = server.requests(unit=3)
+    assert bus.stats()["devices"]["in3"]["online"] is False
+    assert bus.stats()["devices"]["in3"]["reason"] in ("timeout", "garbage")
+    for dev in watch:
+        assert faulty[dev] >= 0.9 * baseline[dev], (dev, faulty, baseline)
+    assert probes <= 3  # backoff 1 s, 2 s, 4 s (+-20 %): a 3 s window holds at most two or three probes
+
+
+async def test_reconnects_after_the_server_comes_back() -> None:
+    specs = acs(2)
+    server = Server([ac_unit(specs)])
+    rec = Recorder()
+    async with server.tcp():
+        bus_cfg = tcp(server)
+        bus = ModbusBus(bus_cfg, specs, rec)
+        await bus.__aenter__()
+        await online(bus, ["ac1", "ac2"])
+    try:
+        await wait_for(lambda: rec.last_health("ac1") is not None and not rec.last_health("ac1").online)
+        assert rec.last_health("ac1").reason == "connection"
+        with pytest.raises(WriteError) as err:
+            await bus.write("ac1", {"setpoint_c": 25.0})
+        assert err.value.code == "device_offline"
+        async with server.tcp():
+            await wait_for(lambda: bus.online("ac1") and bus.online("ac2"), timeout_s=8.0)
+            assert await bus.write("ac1", {"setpoint_c": 25.0}) == {"setpoint_c": 25.0}
+    finally:
+        await bus.__aexit__(None, None, None)
+    assert bus.stats()["connects"] >= 2
+
+
+# -- RTU over a pty and the multi-bus engine -----------------------------------------------------
+
+
+async def test_rtu_over_a_pty_polls_writes_and_flashes(tmp_path: Path) -> None:
+    specs = acs(4, poll_s=0.3)
+    relay = DeviceSpec("relay", RELAY, 2, poll_s=0.3)
+    server = Server([ac_unit(specs), Unit(2).fill(relay, {"ch1": True})])
+    async with pty_pair(tmp_path) as (dev_a, dev_b), server.serial(dev_a):
+        rec = Recorder()
+        bus = RtuBus(id="rs485-1", type="rtu", device=dev_b, timeout_s=0.5)
+        async with ModbusBus(bus, [*specs, relay], rec) as engine:
+            await online(engine, ["ac1", "ac4", "relay"])
+            assert rec.state("ac3") == ac_values(3)
+            assert rec.state("relay")["ch1"] is True
+            server.reset()
+            await asyncio.sleep(1.0)
+            assert server.keys(1, 3) == {(r.address, r.count) for r in plan(specs)}
+            assert server.keys(2, 1) == {(0, 8)}
+            assert await engine.write("ac4", {"fan": "high"}) == {"fan": "high"}
+            assert await engine.write("relay", {"ch5": True}) == {"ch5": True}
+            assert (await server.get(2, 1, 0, 8))[5] is True
+            await engine.flash("relay", 2, seconds=0.3)
+            assert (await server.get(2, 1, 2, 1)) == [True]
+            await wait_for(lambda: rec.state("relay")["ch2"] is True, timeout_s=2.0)
+            await wait_for(lambda: rec.state("relay")["ch2"] is False, timeout_s=3.0)
+
+
+async def test_engine_from_config_routes_devices_to_their_buses() -> None:
+    specs = acs(2)
+    ac_server = Server([ac_unit(specs)])
+    relay_server = Server([Unit(1)])
+    async with ac_server.tcp(), relay_server.tcp():
+        config = Config.model_validate({
+            "site": {"school_id": "014601", "gateway_id": "gw-a"},
+            "buses": [{"id": "ac-bus", "type": "tcp", "host": LOOPBACK, "port": ac_server.port, "timeout_s": 0.5},
+                      {"id": "relays", "type": "tcp", "host": LOOPBACK, "port": relay_server.port},
+                      {"id": "unused", "type": "tcp", "host": LOOPBACK, "port": 1}],
+            "devices": [
+                {"id": "ac1", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 1,
+                 "poll_s": 0.2},
+                {"id": "ac2", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 2,
+                 "poll_s": 0.2, "timeout_s": 0.4},
+                {"id": "relay-1", "kind": "relay", "profile": "waveshare-relay-8ch", "bus": "relays", "unit": 1,
+                 "poll_s": 0.2},
+            ],
+        })
+        rec = Recorder()
+        async with ModbusEngine.from_config(config, rec) as engine:
+            assert [b.bus.id for b in engine.buses] == ["ac-bus", "relays"]
+            await wait_for(lambda: all(engine.online(d) for d in ("ac1", "ac2", "relay-1")))
+            assert await engine.write("relay-1", {"ch0": True}) == {"ch0": True}
+            await engine.flash("relay-1", 7, on=True, seconds=0.5)
+            assert await engine.write("ac2", {"power_on": False}) == {"power_on": False}
+            with pytest.raises(WriteError) as err:
+                await engine.flash("ac1", 0)
+            assert err.value.code == "bad_request"
+            with pytest.raises(WriteError) as err:
+                await engine.flash("relay-1", 8)
+            assert err.value.code == "out_of_range"
+            with pytest.raises(WriteError) as err:
+                await engine.write("nope", {"on": True})
+            assert err.value.code == "bad_request"
+            await asyncio.sleep(0.5)
+            stats = engine.stats()
+            assert set(stats) == {"ac-bus", "relays"}
+            assert stats["relays"]["flashes"] == 1
+            assert stats["ac-bus"]["devices"]["ac1"]["poll_period_s"]["n"] >= 1
+        assert relay_server.keys(1, 5) >= {(0, 0), (0x0207, 0)}  # plain FC05 to coil 0, flash of relay 7
