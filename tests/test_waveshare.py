@@ -1,0 +1,82 @@
+"""Waveshare timed flash: exact RTU bytes, and a real server over a pty that turns the relay back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from modbus_server import Recorder, Server, Unit, pty_pair, wait_for
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU
+
+from drivers.modbus.engine import ModbusBus, WriteError
+from drivers.modbus.planner import DeviceSpec
+from drivers.modbus.profile import load_profile
+from drivers.modbus.waveshare import FlashRequest, FlashResponse, WaveshareCoilRequest, flash_steps
+from edge.config import RtuBus
+
+RELAY = load_profile("waveshare-relay-8ch")
+DOC_FRAME = bytes.fromhex("01 05 02 00 00 07 8D B0")  # Waveshare wiki / DOMAIN.md: relay 0 on for 700 ms
+
+
+def test_flash_request_is_the_documented_frame() -> None:
+    frame = FramerRTU(DecodePDU(False)).buildFrame(FlashRequest(relay=0, on=True, steps=flash_steps(0.7), dev_id=1))
+    assert frame == DOC_FRAME
+
+
+def test_flash_off_frame_decodes_back_on_the_server_side() -> None:
+    frame = FramerRTU(DecodePDU(False)).buildFrame(FlashRequest(relay=5, on=False, steps=50, dev_id=3))
+    assert frame[:6] == bytes.fromhex("03 05 04 05 00 32")
+    decoder = DecodePDU(True)
+    decoder.register(WaveshareCoilRequest)
+    _used, pdu = FramerRTU(decoder).handleFrame(frame, 0, 0)
+    assert isinstance(pdu, WaveshareCoilRequest)
+    assert (pdu.dev_id, pdu.address, pdu.value) == (3, 0x0405, 50)
+
+
+def test_flash_echo_is_checked() -> None:
+    request = FlashRequest(relay=2, on=True, steps=30)
+    assert FlashResponse(0x0202, 30).echoes(request)
+    assert not FlashResponse(0x0202, 31).echoes(request)
+    assert not FlashResponse(0x0002, 0xFF00).echoes(request)
+
+
+@pytest.mark.parametrize(("seconds", "steps"), [(0.1, 1), (0.7, 7), (5.0, 50), (6553.5, 65535)])
+def test_flash_steps(seconds: float, steps: int) -> None:
+    assert flash_steps(seconds) == steps
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.04, 6553.6, -1.0])
+def test_flash_steps_out_of_range(seconds: float) -> None:
+    with pytest.raises(ValueError, match="flash time"):
+        flash_steps(seconds)
+
+
+async def test_flash_over_rtu_sends_the_frame_and_the_board_turns_back(tmp_path: Path) -> None:
+    spec = DeviceSpec("door-relay", RELAY, 1, poll_s=0.1)
+    server = Server([Unit(1).fill(spec, {"ch3": True})])
+    async with pty_pair(tmp_path) as (board_end, gateway_end), server.serial(board_end):
+        rec = Recorder()
+        bus = RtuBus(id="rs485-1", type="rtu", device=gateway_end, timeout_s=0.5)
+        async with ModbusBus(bus, [spec], rec) as engine:
+            await wait_for(lambda: engine.online("door-relay"))
+            server.reset()
+            started = time.monotonic()
+            await engine.flash("door-relay", 0, on=True, seconds=0.7)
+            assert DOC_FRAME in server.frames  # the exact bytes went down the line
+            assert await server.get(1, 1, 0, 1) == [True]
+            await wait_for(lambda: rec.state("door-relay")["ch0"] is False and time.monotonic() - started > 0.5,
+                           timeout_s=3.0)
+            assert time.monotonic() - started >= 0.6  # not before its time
+
+            await engine.flash("door-relay", 3, on=False, seconds=0.3)  # pulse a closed relay open
+            assert await server.get(1, 1, 3, 1) == [False]
+            await asyncio.sleep(0.6)
+            assert await server.get(1, 1, 3, 1) == [True]
+
+            with pytest.raises(WriteError) as err:
+                await engine.flash("door-relay", 0, seconds=0.0)
+            assert err.value.code == "out_of_range"
+            assert engine.stats()["flashes"] == 2
