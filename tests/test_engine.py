@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from modbus_server import LOOPBACK, Recorder, Server, Unit, engine_tasks, pty_pair, wait_for
 
+from drivers.modbus import tools
 from drivers.modbus.engine import ModbusBus, ModbusEngine, WriteError
 from drivers.modbus.planner import DeviceSpec, plan
 from drivers.modbus.profile import load_profile
+from drivers.modbus.transport import DeviceException, Disconnected
 from edge.config import Config, RtuBus, TcpBus
 
 COOLMASTER = load_profile("coolmasternet")
@@ -362,3 +364,36 @@ async def test_engine_from_config_routes_devices_to_their_buses() -> None:
             assert stats["relays"]["flashes"] == 1
             assert stats["ac-bus"]["devices"]["ac1"]["poll_period_s"]["n"] >= 1
         assert relay_server.keys(1, 5) >= {(0, 0), (0x0207, 0)}  # plain FC05 to coil 0, flash of relay 7
+
+
+# -- installer tools --------------------------------------------------------------------------------
+
+
+async def test_scan_finds_the_units_that_answer() -> None:
+    units = [Unit(1), Unit(3), Unit(7)]
+    # the pymodbus server answers unknown ids with an exception; a real line stays silent
+    server = Server(units, silent=set(range(1, 248)) - {1, 3, 7}, refuse={7: [(3, 0, 1)]})
+    async with server.tcp():
+        found = await tools.scan(tcp(server), units=range(1, 10), timeout_s=0.05)
+    assert found == [1, 3, 7]  # unit 7 refuses the probe register, which still proves it is there
+
+
+async def test_read_decodes_raw_registers() -> None:
+    meter = DeviceSpec("meter", SDM630, 1)
+    ac = DeviceSpec("ac1", COOLMASTER, 2, 1)
+    relay = DeviceSpec("relay", RELAY, 3)
+    server = Server([Unit(1, input=[0] * 400).fill(meter, {"power_w": 12345.0, "freq_hz": 59.5}),
+                     Unit(2, holding=[0] * 40).fill(ac, {"room_temp_c": -3.5}),
+                     Unit(3).fill(relay, {"ch2": True})])
+    async with server.tcp():
+        bus = tcp(server)
+        assert await tools.read(bus, 1, "input", 0x34, datatype="float32") == [12345.0]
+        assert await tools.read(bus, 1, "input", 0x46, 1, "float32") == [59.5]
+        assert await tools.read(bus, 2, "holding", 22, 1, "int16") == [-35]
+        assert await tools.read(bus, 2, "holding", 22, 1) == [65501]
+        assert await tools.read(bus, 3, "coil", 0, 4) == [False, False, True, False]
+        with pytest.raises(DeviceException) as err:
+            await tools.read(bus, 2, "holding", 1000, 2)
+        assert err.value.code == 2
+    with pytest.raises(Disconnected):
+        await tools.read(bus, 1, "input", 0, 2)
