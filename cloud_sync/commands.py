@@ -1,0 +1,604 @@
+"""Signed cloud commands (CONTRACT.md section 3): verify, authorise, validate, journal.
+
+`CommandVerifier.verify(payload)` turns the bytes of one `P/cmd` message into a `VerifiedCommand`
+or a `Rejection` carrying the contract's result code. The checks run cheapest-and-least-trusting
+first, and nothing an attacker sends without a valid signature touches the replay memory:
+
+1. size (> 16 KiB), UTF-8, compact JWS shape, header and claims JSON   -> bad_request, id null
+2. header `alg` is exactly EdDSA (no `none`, no HS256 over the public key), no `crit`,
+   Ed25519 signature by a trusted key (`kid` picks one when it names one)  -> bad_signature
+3. claim types (all required; `rooms` for teachers), known action      -> bad_request
+4. `aud` is `{school_id}/{gateway_id}`                                  -> wrong_audience
+5. time: not expired, not issued in the future, lifetime bounded       -> expired / bad_request
+6. target known and of a kind the action applies to                   -> unknown_target / bad_request
+7. role and rooms                                                       -> forbidden
+8. params per action (types, then policy ranges)                        -> bad_request / out_of_range
+9. replay: the jti is journalled `received` in one SQLite commit; if it already was -> replayed
+
+From step 3 on the Rejection carries the token's jti. Only an authentic, current, authorised and
+valid command burns its jti (step 9), so a rejected command can be corrected and re-signed.
+
+The journal protocol ("a restart between receipt and result neither loses the result nor applies
+the command twice"), for the daemon:
+
+    cmd = verifier.verify(payload)              # commit 1: jti journalled 'received'
+    outcome = await daemon.command(...)         # the device is written
+    journal.applied(cmd.id, result)             # commit 2: the result is durable in the journal
+    outbox.put(P/cmd/result, result, "result", msg_id=cmd.id)   # commit 3
+    journal.answered(cmd.id)                    # commit 4; pruned once the token has expired
+
+At start-up, `journal.pending()` lists what a crash interrupted; `recovery_step` says what to do:
+* `applied` (crash after commit 2): put the stored result in the outbox again and mark answered. If
+  the crash fell between commits 3 and 4 the result goes out twice with the same id; the cloud
+  de-duplicates (at-least-once, as for events). No result is lost.
+* `received` (crash between commits 1 and 2): the device may or may not have been written. The
+  window that remains is here. Actions that set an absolute desired state (`ac.set`, `relay.set`,
+  documents with versions) are re-applied if the token is still valid: the second application
+  has the effect of the first. A door unlock is a pulse, not a state: it is answered `failed`
+  (`write_failed`, "interrupted by a restart") and never repeated, as is anything expired.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cloud_sync.keys import PublicKey, key_id
+from edge.clock import Clock, SystemClock, iso
+from edge.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+SKEW_S = 30.0               # clocks of the cloud and of a gateway (NTP, or a Pi without RTC) disagree this much
+MAX_LIFETIME_S = 900.0      # exp - iat: a command is for now, not for a queue that delivers it tomorrow
+PRUNE_EVERY_S = 60.0        # how often answered, expired jtis are forgotten
+MAX_DOOR_UNLOCK_S = 600
+MAX_ID_LEN = 128
+
+Role = Literal["teacher", "facility", "admin"]
+Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "booking.put", "booking.delete", "access.put"]
+ACTIONS: tuple[str, ...] = get_args(Action)
+Code = Literal["ok", "bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
+               "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "write_failed"]
+Status = Literal["ok", "rejected", "failed"]
+
+# What each action may target: device kinds, "room" (a room id) or "site".
+TARGET_KINDS: dict[str, frozenset[str]] = {
+    "ac.set": frozenset({"ac", "room"}),
+    "relay.set": frozenset({"light", "fan", "door"}),
+    "door.unlock": frozenset({"door"}),
+    "alarm.set": frozenset({"site"}),
+    "booking.put": frozenset({"room"}),
+    "booking.delete": frozenset({"room"}),
+    "access.put": frozenset({"site"}),
+}
+TEACHER_ACTIONS = frozenset({"ac.set", "relay.set", "door.unlock", "booking.put", "booking.delete"})
+# Re-applying one of these after a crash has the effect of applying it once (see the module docstring).
+IDEMPOTENT_ACTIONS = frozenset({"ac.set", "relay.set", "alarm.set", "booking.put", "booking.delete", "access.put"})
+
+
+# -- results -----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    id: str | None
+    code: Code
+    message: str
+
+    @property
+    def status(self) -> Status:
+        return "rejected"
+
+    def result(self, ts: float | str) -> dict[str, Any]:
+        return result_payload(self.id, "rejected", self.code, self.message, ts)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCommand:
+    id: str                      # the jti
+    action: str
+    target: str
+    params: Mapping[str, Any]    # validated and normalised (unset fields left out)
+    sub: str
+    role: Role
+    rooms: tuple[str, ...] | None
+    iat: float
+    exp: float
+    kid: str                     # the trusted key that verified the signature
+
+
+def result_payload(id: str | None, status: Status, code: str, message: str, ts: float | str,
+                   state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `P/cmd/result` payload; `ts` as unix seconds (rendered ISO 8601 with offset) or ISO text."""
+    out: dict[str, Any] = {"id": id, "status": status, "code": code, "message": message,
+                           "ts": ts if isinstance(ts, str) else iso(ts)}
+    if state is not None:
+        out["state"] = dict(state)
+    return out
+
+
+# -- targets -----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: str            # a device kind ("ac", "light", "door", ...), "room" or "site"
+    room: str | None     # the room a device stands in; a room's own id; None for site-wide things
+
+
+Resolver = Callable[[str], Target | None]
+
+
+def resolver_from_config(cfg: Config) -> Resolver:
+    """Device ids -> (kind, room); room ids -> ("room", id); "site" -> ("site", None)."""
+    table: dict[str, Target] = {r.id: Target("room", r.id) for r in cfg.rooms}
+    for d in cfg.devices:
+        table[d.id] = Target(d.kind, getattr(d, "room", None))
+    table["site"] = Target("site", None)
+    return table.get
+
+
+@dataclass(frozen=True, slots=True)
+class CommandPolicy:
+    setpoint_min_c: float = 26.0     # Ministry of Education classroom policy (DOMAIN.md section 3)
+    setpoint_max_c: float = 28.0
+    skew_s: float = SKEW_S
+    max_lifetime_s: float = MAX_LIFETIME_S
+    max_unlock_s: int = MAX_DOOR_UNLOCK_S
+
+
+# -- claims and params -------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+IdStr = Field(min_length=1, max_length=MAX_ID_LEN)
+
+
+class Claims(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)  # iss, nbf, ... may come along
+
+    jti: str = IdStr
+    iat: float
+    exp: float
+    aud: str | list[str]
+    sub: str = IdStr
+    role: Role
+    action: Action
+    target: str = IdStr
+    params: dict[str, Any]
+    rooms: list[str] | None = None
+    nbf: float | None = None
+
+
+class AcSet(_Strict):
+    power_on: bool | None = None
+    mode: Literal["cool", "heat", "dry", "fan", "auto"] | None = None
+    setpoint_c: float | None = None
+    fan: Literal["auto", "low", "medium", "high"] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> AcSet:
+        if not self.model_fields_set:
+            raise ValueError("at least one of power_on, mode, setpoint_c, fan")
+        return self
+
+
+class RelaySet(_Strict):
+    on: bool
+
+
+class DoorUnlock(_Strict):
+    seconds: float
+
+
+class AlarmLevel(_Strict):
+    level: Literal["notice", "warning", "critical"]
+    demand_kw: float = Field(gt=0, le=100_000)
+
+
+class AlarmSet(_Strict):
+    """Contract-capacity alarm thresholds (DOMAIN.md section 1: user-defined overrun alarms)."""
+
+    levels: list[AlarmLevel] = Field(min_length=1, max_length=3)
+
+    @field_validator("levels")
+    @classmethod
+    def _unique(cls, v: list[AlarmLevel]) -> list[AlarmLevel]:
+        if len({lv.level for lv in v}) != len(v):
+            raise ValueError("each level at most once")
+        return v
+
+
+def _aware(v: str) -> str:
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError("an ISO 8601 date-time is expected") from None
+    if dt.tzinfo is None:
+        raise ValueError("the date-time needs an offset, e.g. +08:00")
+    return v
+
+
+class BookingPut(_Strict):
+    id: str = IdStr
+    start: str
+    end: str
+    title: str = Field("", max_length=200)
+    by: str | None = Field(None, max_length=MAX_ID_LEN)
+
+    _start = field_validator("start", "end")(_aware)
+
+    @model_validator(mode="after")
+    def _order(self) -> BookingPut:
+        if datetime.fromisoformat(self.end) <= datetime.fromisoformat(self.start):
+            raise ValueError("end must be after start")
+        return self
+
+
+class BookingDelete(_Strict):
+    id: str = IdStr
+
+
+DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
+DAYS_RE = rf"^{DAY}(-{DAY})?(,{DAY}(-{DAY})?)*$"
+
+
+class Window(_Strict):
+    days: str = Field(pattern=DAYS_RE)
+    from_: str = Field(alias="from")
+    to: str
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not re.fullmatch(r"\d\d:\d\d", v):
+            raise ValueError("HH:MM is expected")
+        time.fromisoformat(v)  # ValueError for 25:00
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> Window:
+        if self.to <= self.from_:
+            raise ValueError("'to' must be after 'from'")
+        return self
+
+
+class Card(_Strict):
+    card: str = Field(pattern=r"^[0-9]{1,20}$")
+    person: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN)
+    doors: list[str] = Field(max_length=256)
+    windows: list[Window] | None = None
+    valid_until: str | None = None
+
+    @field_validator("valid_until")
+    @classmethod
+    def _date(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                raise ValueError("YYYY-MM-DD is expected") from None
+        return v
+
+
+class AccessPut(_Strict):
+    version: int = Field(ge=0)
+    cards: list[Card]
+
+
+PARAMS: dict[str, type[_Strict]] = {
+    "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet,
+    "booking.put": BookingPut, "booking.delete": BookingDelete, "access.put": AccessPut,
+}
+
+
+# -- the journal (replay memory and crash recovery) ----------------------------------------------------
+JournalState = Literal["received", "applied", "answered"]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    jti: str
+    state: JournalState
+    exp: float
+    command: Mapping[str, Any]           # the verified claims
+    result: Mapping[str, Any] | None
+
+
+class CommandJournal:
+    """SQLite table of command ids with their state; also the replay memory (jti until expiry)."""
+
+    def __init__(self, path: str | os.PathLike[str], clock: Clock | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.clock: Clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: commands are few, and a replay window after a power cut is what this table prevents.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript("""
+            CREATE TABLE IF NOT EXISTS command_journal (
+                jti     TEXT PRIMARY KEY,
+                exp     REAL NOT NULL,
+                state   TEXT NOT NULL CHECK (state IN ('received', 'applied', 'answered')),
+                command TEXT NOT NULL,
+                result  TEXT,
+                updated REAL NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS journal_meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
+        """)
+        row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'horizon'").fetchone()
+        self._horizon = float(row[0]) if row else float("-inf")
+        self._pruned_at = float("-inf")
+
+    @property
+    def horizon(self) -> float:
+        """The latest `exp` of a forgotten jti: tokens expiring at or before it are refused."""
+        return self._horizon
+
+    def begin(self, jti: str, exp: float, command: Mapping[str, Any]) -> bool:
+        """Journal a command as received; False when the jti is already known (a replay)."""
+        with self._lock:
+            cur = self._db.execute("INSERT OR IGNORE INTO command_journal VALUES (?, ?, 'received', ?, NULL, ?)",
+                                   (jti, exp, json.dumps(dict(command), separators=(",", ":")), self.clock.time()))
+            return cur.rowcount == 1
+
+    def seen(self, jti: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM command_journal WHERE jti = ?", (jti,)).fetchone() is not None
+
+    def applied(self, jti: str, result: Mapping[str, Any]) -> None:
+        """The command was carried out (or failed): its result is now durable."""
+        self._move(jti, "applied", ("received",), json.dumps(dict(result), separators=(",", ":")))
+
+    def answered(self, jti: str) -> None:
+        """The result is in the durable outbox."""
+        self._move(jti, "answered", ("received", "applied"), None)
+
+    def _move(self, jti: str, state: JournalState, from_states: Sequence[str], result: str | None) -> None:
+        marks = ",".join("?" * len(from_states))
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE command_journal SET state = ?, result = coalesce(?, result), updated = ?"
+                f" WHERE jti = ? AND state IN ({marks})", (state, result, self.clock.time(), jti, *from_states))
+            if cur.rowcount != 1:
+                row = self._db.execute("SELECT state FROM command_journal WHERE jti = ?", (jti,)).fetchone()
+                raise ValueError(f"command {jti!r} cannot become {state!r}: it is {row[0] if row else 'unknown'}")
+
+    def pending(self) -> list[JournalEntry]:
+        """Commands a crash left unanswered, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT jti, state, exp, command, result FROM command_journal"
+                                    " WHERE state != 'answered' ORDER BY updated, rowid").fetchall()
+        return [JournalEntry(j, s, e, json.loads(c), json.loads(r) if r else None) for j, s, e, c, r in rows]
+
+    def prune(self, now: float, skew_s: float = SKEW_S) -> int:
+        """Forget answered jtis whose token can no longer be valid; remember the horizon instead."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT max(exp), count(*) FROM command_journal"
+                                       " WHERE state = 'answered' AND exp + ? < ?", (skew_s, now)).fetchone()
+                if row[1]:
+                    self._horizon = max(self._horizon, float(row[0]))
+                    self._db.execute("INSERT OR REPLACE INTO journal_meta VALUES ('horizon', ?)", (self._horizon,))
+                    self._db.execute("DELETE FROM command_journal WHERE state = 'answered' AND exp <= ?",
+                                     (self._horizon,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._pruned_at = now
+            return int(row[1])
+
+    def maybe_prune(self, now: float, skew_s: float) -> None:
+        if now - self._pruned_at >= PRUNE_EVERY_S or now < self._pruned_at:
+            self.prune(now, skew_s)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+RecoveryStep = Literal["republish", "reapply", "fail"]
+
+
+def recovery_step(entry: JournalEntry, now: float, skew_s: float = SKEW_S) -> RecoveryStep:
+    """What to do at start-up with a command a crash left unanswered (see the module docstring)."""
+    if entry.state == "applied":
+        return "republish"
+    if entry.command.get("action") in IDEMPOTENT_ACTIONS and now <= entry.exp + skew_s:
+        return "reapply"
+    return "fail"
+
+
+# -- the verifier ------------------------------------------------------------------------------------
+class _Reject(Exception):
+    def __init__(self, id: str | None, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.rejection = Rejection(id, code, message)
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64url(seg: str) -> bytes:
+    if not _SEGMENT.fullmatch(seg) or len(seg) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
+
+
+def _bad_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError("number out of range")
+    return v
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    obj = json.loads(data.decode("utf-8"), parse_constant=_bad_constant, parse_float=_finite)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return obj
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{prefix}{loc}: {e['msg']}" if loc else f"{prefix.rstrip('.')}: {e['msg']}")
+    more = len(exc.errors()) - 3
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+@dataclass
+class CommandVerifier:
+    """Verifies `P/cmd` payloads for one gateway (`audience` = "{school_id}/{gateway_id}")."""
+
+    keys: Sequence[PublicKey | Ed25519PublicKey]
+    audience: str
+    resolver: Resolver
+    policy: CommandPolicy = field(default_factory=CommandPolicy)
+    replay_db: str | os.PathLike[str] | CommandJournal = "commands.db"
+    clock: Clock = field(default_factory=SystemClock)
+    journal: CommandJournal = field(init=False)
+    _keys: list[PublicKey] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._keys = [k if isinstance(k, PublicKey) else PublicKey(key_id(k), k) for k in self.keys]
+        if isinstance(self.replay_db, CommandJournal):
+            self.journal = self.replay_db
+        else:
+            self.journal = CommandJournal(self.replay_db, self.clock)
+
+    def verify(self, payload: bytes | str) -> VerifiedCommand | Rejection:
+        """Never raises for any input (only sqlite3.Error if the journal's disk fails)."""
+        try:
+            return self._verify(payload)
+        except _Reject as r:
+            return r.rejection
+
+    def _verify(self, payload: bytes | str) -> VerifiedCommand:
+        raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
+        if len(raw) > MAX_PAYLOAD_BYTES:
+            raise _Reject(None, "bad_request", f"command of {len(raw)} bytes; at most {MAX_PAYLOAD_BYTES}")
+        try:
+            parts = raw.decode("utf-8").strip().split(".")
+            if len(parts) != 3:
+                raise ValueError("a compact JWS has three dot-separated parts")
+            header = _json_object(_b64url(parts[0]))
+            body = _json_object(_b64url(parts[1]))
+            signature = _b64url(parts[2])
+        except (ValueError, binascii.Error, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError too
+            raise _Reject(None, "bad_request", f"not a signed command (compact JWS): {exc}") from None
+        hint = body.get("jti")
+        jti = hint if isinstance(hint, str) and 0 < len(hint) <= MAX_ID_LEN else None
+
+        kid = self._check_signature(header, f"{parts[0]}.{parts[1]}".encode("ascii"), signature, jti)
+
+        try:
+            claims = Claims.model_validate(body)
+        except ValidationError as exc:
+            raise _Reject(jti, "bad_request", _problems(exc)) from None
+        assert jti is not None  # Claims validated it
+        if claims.role == "teacher" and claims.rooms is None:
+            raise _Reject(jti, "bad_request", "rooms: required for teachers")
+
+        aud = [claims.aud] if isinstance(claims.aud, str) else claims.aud
+        if self.audience not in aud:
+            raise _Reject(jti, "wrong_audience", f"for {claims.aud!r}, this gateway is {self.audience!r}")
+
+        self._check_time(claims, jti)
+        target = self.resolver(claims.target)
+        if target is None:
+            raise _Reject(jti, "unknown_target", f"no device or room {claims.target!r}")
+        if target.kind not in TARGET_KINDS[claims.action]:
+            raise _Reject(jti, "bad_request", f"{claims.action} applies to {sorted(TARGET_KINDS[claims.action])},"
+                                              f" {claims.target!r} is a {target.kind}")
+        if claims.role == "teacher":
+            if claims.action not in TEACHER_ACTIONS:
+                raise _Reject(jti, "forbidden", f"teachers may not {claims.action}")
+            if target.room is None or target.room not in (claims.rooms or []):
+                raise _Reject(jti, "forbidden", f"{claims.target!r} is not in the teacher's rooms")
+        params = self._check_params(claims, jti)
+
+        self.journal.maybe_prune(self.clock.time(), self.policy.skew_s)
+        command = {**claims.model_dump(exclude_none=True), "params": params, "kid": kid}
+        if not self.journal.begin(jti, claims.exp, command):
+            raise _Reject(jti, "replayed", f"command {jti!r} was already received")
+        return VerifiedCommand(jti, claims.action, claims.target, params, claims.sub, claims.role,
+                               tuple(claims.rooms) if claims.rooms is not None else None, claims.iat, claims.exp, kid)
+
+    def _check_signature(self, header: Mapping[str, Any], signing_input: bytes, signature: bytes,
+                         jti: str | None) -> str:
+        alg = header.get("alg")
+        if alg != "EdDSA":
+            raise _Reject(jti, "bad_signature", f"alg {alg!r} refused; commands are signed with EdDSA (Ed25519)")
+        if "crit" in header:
+            raise _Reject(jti, "bad_signature", "critical header extensions are not supported")
+        if len(signature) != 64:
+            raise _Reject(jti, "bad_signature", "an Ed25519 signature has 64 bytes")
+        # Keys come from the configuration only: jwk/jku/x5c headers are ignored, never trusted.
+        kid = header.get("kid")
+        named = [k for k in self._keys if k.kid == kid]
+        for key in named or self._keys:
+            try:
+                key.key.verify(signature, signing_input)
+            except InvalidSignature:
+                continue
+            return key.kid
+        if not self._keys:
+            raise _Reject(jti, "bad_signature", "no command keys are configured (cloud.command_keys)")
+        raise _Reject(jti, "bad_signature", "the signature does not verify with any trusted key")
+
+    def _check_time(self, c: Claims, jti: str) -> None:
+        now, skew = self.clock.time(), self.policy.skew_s
+        if c.exp < c.iat:
+            raise _Reject(jti, "bad_request", "exp is before iat")
+        if c.exp - c.iat > self.policy.max_lifetime_s:
+            raise _Reject(jti, "bad_request",
+                          f"lifetime {c.exp - c.iat:.0f} s; at most {self.policy.max_lifetime_s:.0f} s")
+        if now > c.exp + skew or c.exp <= self.journal.horizon:
+            raise _Reject(jti, "expired", f"expired {now - c.exp:.0f} s ago")
+        if c.iat > now + skew or (c.nbf is not None and c.nbf > now + skew):
+            raise _Reject(jti, "expired", f"not valid yet (issued {c.iat - now:.0f} s in the future: clock skew?)")
+
+    def _check_params(self, c: Claims, jti: str) -> dict[str, Any]:
+        try:
+            model = PARAMS[c.action].model_validate(c.params)
+        except ValidationError as exc:
+            raise _Reject(jti, "bad_request", _problems(exc, "params.")) from None
+        pol = self.policy
+        if isinstance(model, AcSet) and model.setpoint_c is not None \
+                and not pol.setpoint_min_c <= model.setpoint_c <= pol.setpoint_max_c:
+            raise _Reject(jti, "out_of_range", f"setpoint {model.setpoint_c:g} °C outside the policy range"
+                                               f" {pol.setpoint_min_c:g}–{pol.setpoint_max_c:g} °C")
+        if isinstance(model, DoorUnlock) and not 1 <= model.seconds <= pol.max_unlock_s:
+            raise _Reject(jti, "out_of_range", f"seconds {model.seconds:g}; 1–{pol.max_unlock_s}")
+        if isinstance(model, AccessPut):
+            for card in model.cards:
+                for door in card.doors:
+                    t = self.resolver(door)
+                    if t is None or t.kind != "door":
+                        raise _Reject(jti, "unknown_target", f"card {card.card}: no door {door!r}")
+        return model.model_dump(exclude_unset=True, by_alias=True)
