@@ -79,7 +79,8 @@ class PtyPair:
         if proc is None:
             return
         if proc.returncode is None:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):  # a group-wide SIGTERM may have beaten us to it
+                proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
             except TimeoutError:

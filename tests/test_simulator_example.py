@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -106,7 +107,7 @@ async def test_main_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
     code = ("import sys; from edge.config import load_config; from simulator.app import main; "
             f"sys.exit(main(load_config({str(conf)!r}), 30.0, None))")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
@@ -117,7 +118,7 @@ async def test_main_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
         rr = await client.read_holding_registers(4, count=1, device_id=1)
         client.close()
         assert rr.registers == [260]  # the Intesis setpoint register: 26.0 degC x10
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # as `make demo` stops it: socat gets the signal too
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
         if proc.returncode is None:

@@ -314,3 +314,14 @@ async def test_wire_time_emulation_bounds_the_rate(tmp_path: Path) -> None:
 async def test_refuses_non_loopback_hosts(tmp_path: Path) -> None:
     with pytest.raises(ServerConfigError):
         VirtualSchool(make_config(free_port(), tmp_path, host="10.1.2.3"))
+
+
+async def test_the_pty_survives_the_master_reconnecting(school: VirtualSchool) -> None:
+    for _ in range(3):
+        client = AsyncModbusSerialClient(school.endpoint("line"), baudrate=9600, timeout=0.5, retries=0)
+        assert await client.connect()
+        try:
+            rr = await client.read_coils(0, count=8, device_id=1)
+            assert not rr.isError()
+        finally:
+            client.close()
