@@ -154,9 +154,11 @@ class Server:
         return [u.device(self._action(u.id)) for u in self.units]
 
     @contextlib.asynccontextmanager
-    async def tcp(self) -> AsyncIterator[Server]:
-        server = ModbusTcpServer(self._devices(), address=(LOOPBACK, self.port), trace_pdu=self._trace_pdu,
-                                 trace_packet=self._trace_packet, custom_pdu=[WaveshareCoilRequest])
+    async def tcp(self, framer: FramerType = FramerType.SOCKET) -> AsyncIterator[Server]:
+        self.rtu = framer == FramerType.RTU
+        server = ModbusTcpServer(self._devices(), framer=framer, address=(LOOPBACK, self.port),
+                                 trace_pdu=self._trace_pdu, trace_packet=self._trace_packet,
+                                 custom_pdu=[WaveshareCoilRequest])
         await server.serve_forever(background=True)
         self.port = server.transport.sockets[0].getsockname()[1]
         self._server = server

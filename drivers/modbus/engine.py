@@ -462,7 +462,8 @@ class ModbusBus:
                 self._set_health(dev, False, reason)
 
     def _lost_connection(self) -> None:
-        log.warning("bus %s: connection lost", self.bus.id)
+        if self._connected.is_set():  # queued reads fail one after another; say it once
+            log.warning("bus %s: connection lost", self.bus.id)
         if self._client is not None:
             self._client.close()
         self._connected.clear()
