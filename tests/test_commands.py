@@ -30,6 +30,7 @@ from cloud_sync.commands import (
     Target,
     VerifiedCommand,
     recovery_step,
+    resolver_from_config,
     result_payload,
 )
 from cloud_sync.keys import (
@@ -42,6 +43,7 @@ from cloud_sync.keys import (
     sign_command,
 )
 from edge.clock import ManualClock
+from edge.config import load_config
 
 NOW = 1_780_000_000.0
 AUD = "014601/gw-a"
@@ -467,3 +469,21 @@ def test_random_claims_never_raise(prop: Env, body: dict[str, Any], extra_header
 @given(st.text(max_size=300))
 def test_random_text_never_verifies(prop: Env, text: str) -> None:
     assert isinstance(prop.verifier.verify(text.encode("utf-8", "surrogatepass")), Rejection)
+
+
+def test_resolver_from_the_example_config(tmp_path: Path) -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "example-school.yaml")
+    resolve = resolver_from_config(cfg)
+    ac = next(d for d in cfg.modbus_devices() if d.kind == "ac")
+    door = next(d for d in cfg.relay_channels() if d.kind == "door")
+    assert resolve(ac.id) == Target("ac", ac.room)
+    assert resolve(door.id) == Target("door", door.room)
+    assert resolve(cfg.rooms[0].id) == Target("room", cfg.rooms[0].id)
+    assert resolve("site") == Target("site", None)
+    assert resolve("nothing-here") is None
+    key = Ed25519PrivateKey.generate()
+    v = CommandVerifier([key.public_key()], f"{cfg.site.school_id}/{cfg.site.gateway_id}", resolve,
+                        replay_db=tmp_path / "c.db", clock=ManualClock(NOW))
+    tok = sign_command(key, claims(aud=v.audience, target=ac.id, rooms=[ac.room]))
+    assert isinstance(v.verify(tok.encode()), VerifiedCommand)
+    v.journal.close()
