@@ -18,7 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.devices import AC_WRITABLE, channel_field, state_for
-from drivers.modbus.engine import BusEngine, DeviceHealth, DeviceSpec, Reading, WriteError
+from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading, WriteError
+from drivers.modbus.planner import DeviceSpec
 from drivers.modbus.profile import Profile, load_profile
 from edge.arbiter import ApplyError, Arbiter, Outcome, Request, Source
 from edge.clock import Clock, SystemClock, iso
@@ -53,8 +54,7 @@ class Daemon:
         self.bus = EventBus()
         self.store = Store(Path(cfg.storage.path) / "state.db")
         self.profiles: dict[str, Profile] = {}
-        self.engines: dict[str, BusEngine] = {}
-        self.engine_of: dict[str, BusEngine] = {}
+        self.modbus: ModbusEngine | None = None
         self.kind_of: dict[str, str] = {}
         self.channels_of: dict[str, list[Channel]] = {}
         self.channel_devices: dict[str, Channel] = {}
@@ -77,24 +77,24 @@ class Daemon:
             prof = load_profile(dev.profile, extra)
             self.profiles[dev.id] = prof
             self.kind_of[dev.id] = dev.kind
-            by_bus.setdefault(dev.bus, []).append(DeviceSpec.from_config(dev, prof))
+            by_bus.setdefault(dev.bus, []).append(DeviceSpec(dev.id, prof, dev.unit, dev.index, dev.offset,
+                                                             dev.poll_period_s, dev.timeout_s))
         for ch in self.cfg.relay_channels():
             c = Channel(ch, channel_field(ch.channel))
             self.channels_of.setdefault(ch.relay, []).append(c)
             self.channel_devices[ch.id] = c
             self.kind_of[ch.id] = ch.kind
-        for bus in self.cfg.buses:
-            specs = by_bus.get(bus.id, [])
-            if not specs:
-                continue
-            engine = BusEngine(bus, specs, sink=self, clock=self.clock)
-            self.engines[bus.id] = engine
-            for s in specs:
-                self.engine_of[s.device_id] = engine
+        self.modbus = ModbusEngine([(b, by_bus[b.id]) for b in self.cfg.buses if by_bus.get(b.id)], self,
+                                   clock=self.clock)
         for dev_id in self.kind_of:
             prev = self.store.states.get(dev_id, {})
             # state survives a restart but is not vouched for until a fresh reading arrives
             self.states[dev_id] = {**prev, "online": False, "ts": prev.get("ts")}
+
+    @property
+    def _engine(self) -> ModbusEngine:
+        assert self.modbus is not None
+        return self.modbus
 
     def _min_off(self, actuator: str) -> float:
         return 180.0 if self.kind_of.get(actuator) == "ac" else 0.0
@@ -104,15 +104,15 @@ class Daemon:
         self._routes()
         await self.http.start()
         self._exit = contextlib.AsyncExitStack()
-        for engine in self.engines.values():
-            await self._exit.enter_async_context(engine)
+        assert self.modbus is not None
+        await self._exit.enter_async_context(self.modbus)
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
                     self._tasks.create_task(self._flusher(), name="store-flush"),
                     self._tasks.create_task(self.schedules.run(), name="schedules")]
         log.info("daemon started: %d devices on %d buses, status API on 127.0.0.1:%d",
-                 len(self.kind_of), len(self.engines), self.http.port)
+                 len(self.kind_of), len(self.modbus.buses), self.http.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -164,7 +164,7 @@ class Daemon:
                 if self._tasks is not None:
                     self._tasks.create_task(self.arbiter.reconcile(dev_id), name=f"reapply-{dev_id}")
         self._event("fault", {"device": h.device_id, "code": "offline" if not h.online else "online",
-                              "message": h.error})
+                              "message": h.reason})
 
     def _set_state(self, dev_id: str, state: Mapping[str, Any], ts: float) -> None:
         old = self.states.get(dev_id, {})
@@ -192,11 +192,9 @@ class Daemon:
         ch = self.channel_devices.get(actuator)
         try:
             if ch is not None:
-                engine = self.engine_of[ch.device.relay]
-                got = await engine.write(ch.device.relay, {ch.field: bool(fields["on"])})
+                got = await self._engine.write(ch.device.relay, {ch.field: bool(fields["on"])})
                 return {"on": got[ch.field]}
-            engine = self.engine_of[actuator]
-            return await engine.write(actuator, dict(fields))
+            return await self._engine.write(actuator, dict(fields))
         except WriteError as exc:
             raise ApplyError(exc.code, str(exc)) from exc
         except KeyError as exc:
@@ -237,8 +235,7 @@ class Daemon:
     async def unlock(self, door_id: str, seconds: float) -> None:
         """Open a door for `seconds`; the relay board re-locks by itself even if we die (flash)."""
         ch = self.channel_devices[door_id]
-        engine = self.engine_of[ch.device.relay]
-        await engine.flash(ch.device.relay, ch.device.channel, on=True, seconds=min(seconds, MAX_DOOR_UNLOCK_S))
+        await self._engine.flash(ch.device.relay, ch.device.channel, on=True, seconds=min(seconds, MAX_DOOR_UNLOCK_S))
 
     # -- local status API ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -276,7 +273,7 @@ class Daemon:
     def gateway_info(self) -> dict[str, Any]:
         return {"school_id": self.cfg.site.school_id, "gateway_id": self.cfg.site.gateway_id,
                 "version": VERSION, "started_at": iso(self.started_at),
-                "buses": {bid: e.stats() for bid, e in self.engines.items()}}
+                "buses": self._engine.stats()}
 
     def metrics_text(self) -> str:
         lines = ["# TYPE campus_edge_device_online gauge"]
