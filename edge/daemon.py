@@ -51,10 +51,12 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.started_at = self.clock.time()
+        self.tz = ZoneInfo(cfg.site.timezone)
         self.bus = EventBus()
         self.store = Store(Path(cfg.storage.path) / "state.db")
         self.profiles: dict[str, Profile] = {}
         self.modbus: ModbusEngine | None = None
+        self.cloud: Any = None
         self.kind_of: dict[str, str] = {}
         self.channels_of: dict[str, list[Channel]] = {}
         self.channel_devices: dict[str, Channel] = {}
@@ -64,7 +66,7 @@ class Daemon:
         self.http = HttpServer("127.0.0.1", cfg.status_port if status_port is None else status_port)
         self.schedules = ScheduleRunner(
             [(e.id, e.at, e.days, [a for t in e.targets for a in cfg.actuators_for(t)], dict(e.set), e.hold_min)
-             for e in cfg.schedules], ZoneInfo(cfg.site.timezone), self.clock, self._fire_schedule)
+             for e in cfg.schedules], self.tz, self.clock, self._fire_schedule)
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._build()
@@ -106,6 +108,10 @@ class Daemon:
         self._exit = contextlib.AsyncExitStack()
         assert self.modbus is not None
         await self._exit.enter_async_context(self.modbus)
+        if self.cfg.cloud is not None:
+            from cloud_sync.service import CloudService  # only sites with a cloud pay for MQTT and crypto
+
+            self.cloud = await self._exit.enter_async_context(CloudService(self))
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
@@ -168,7 +174,7 @@ class Daemon:
 
     def _set_state(self, dev_id: str, state: Mapping[str, Any], ts: float) -> None:
         old = self.states.get(dev_id, {})
-        new = {**state, "ts": iso(ts)}
+        new = {**state, "ts": iso(ts, self.tz)}
         changed = {k for k in new if k != "ts" and old.get(k) != new[k]}
         self.states[dev_id] = new
         if not changed:
@@ -180,7 +186,7 @@ class Daemon:
 
     def _event(self, kind: str, body: Mapping[str, Any]) -> None:
         now = self.clock.time()
-        payload = {"id": os.urandom(8).hex(), "ts": iso(now), "kind": kind, **body}
+        payload = {"id": os.urandom(8).hex(), "ts": iso(now, self.tz), "kind": kind, **body}
         log.info("event %s %s", kind, body)
         self.bus.publish(Message("event", kind, payload, now))
 
@@ -272,7 +278,7 @@ class Daemon:
 
     def gateway_info(self) -> dict[str, Any]:
         return {"school_id": self.cfg.site.school_id, "gateway_id": self.cfg.site.gateway_id,
-                "version": VERSION, "started_at": iso(self.started_at),
+                "version": VERSION, "started_at": iso(self.started_at, self.tz),
                 "buses": self._engine.stats()}
 
     def metrics_text(self) -> str:
