@@ -86,6 +86,7 @@ class _Actuator:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     off_since: float | None = None
     deferred_until: float | None = None
+    seen_on: bool | None = None
 
 
 class Arbiter:
@@ -187,10 +188,13 @@ class Arbiter:
     def observe(self, actuator: str, state: Mapping[str, Any]) -> None:
         """Track what the device does by itself (remote control, lock-out) for the min-off rule."""
         st = self._a(actuator)
-        if state.get("power_on") is False and st.off_since is None:
-            st.off_since = self._clock.time()
-        elif state.get("power_on") is True:
+        on = state.get("power_on")
+        if on is False and st.seen_on is True and st.off_since is None:
+            st.off_since = self._clock.time()  # switched off by itself or at the wall: a real stop
+        elif on is True:
             st.off_since = None
+        if on is not None:
+            st.seen_on = bool(on)
 
     async def reconcile(self, actuator: str, focus: set[str] | None = None) -> Outcome:
         """Write whatever of the effective state has not been applied yet; verify it."""
@@ -217,7 +221,8 @@ class Arbiter:
             self._drop_applied_restore_point(actuator, st, todo)
             if self.on_change is not None:
                 self.on_change(actuator, want)
-            return Outcome(True, "ok", "applied", want, verified, deferred)
+            msg = "applied" if deferred is None else f"applied; start deferred {deferred - self._clock.time():.0f} s"
+            return Outcome(True, "ok", msg, want, verified, deferred)
 
     def _defer_start(self, actuator: str, st: _Actuator, todo: dict[str, Any]) -> float | None:
         if todo.get("power_on") is not True or st.off_since is None:

@@ -123,3 +123,19 @@ async def test_schedule_switch_replaces_teacher_wish_but_not_ems() -> None:
     clock.advance(101)
     await arb.tick()
     assert unit.state["ac-6"]["power_on"] is True
+
+
+async def test_a_unit_seen_off_at_start_may_start_at_once_but_a_wall_stop_counts() -> None:
+    clock, unit = ManualClock(0.0), Unit()
+    arb = Arbiter(unit, clock=clock, min_off=lambda _a: 180.0)
+    arb.observe("ac-7", {"power_on": False})  # first reading after a restart: no known stop time
+    out = await arb.submit(Request("ac-7", Source.TEACHER, {"power_on": True}))
+    assert out.deferred_until is None
+    assert unit.state["ac-7"]["power_on"] is True
+    arb.observe("ac-7", {"power_on": True})
+    clock.advance(100)
+    unit.state["ac-7"]["power_on"] = False  # someone used the wall remote
+    arb.observe("ac-7", {"power_on": False})
+    clock.advance(10)
+    out = await arb.submit(Request("ac-7", Source.FACILITY, {"power_on": True}))
+    assert out.deferred_until == 100 + 180

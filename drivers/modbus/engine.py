@@ -26,7 +26,14 @@ from typing import Any, Literal, Protocol, TypeVar
 from drivers.modbus import transport
 from drivers.modbus.planner import DeviceSpec, Part, ReadRequest, device_ranges, plan
 from drivers.modbus.profile import Point, Table, decode, encode, load_profile
-from drivers.modbus.transport import DeviceException, Disconnected, Garbage, Timeout, TransportError
+from drivers.modbus.transport import (
+    GATEWAY_EXCEPTIONS,
+    DeviceException,
+    Disconnected,
+    Garbage,
+    Timeout,
+    TransportError,
+)
 from drivers.modbus.waveshare import FlashRequest, FlashResponse, flash_steps
 from edge.clock import Clock, SystemClock
 from edge.config import Config, RtuBus, TcpBus
@@ -46,7 +53,6 @@ VERIFY_DELAY_S = 0.2
 PERIOD_WINDOW = 1024  # poll intervals kept per device for the jitter stats
 WRITE_PRIORITY = 0
 POLL_PRIORITY = 1
-GATEWAY_EXCEPTIONS = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond: the unit is gone
 
 WriteErrorCode = Literal["device_offline", "write_failed", "out_of_range", "bad_request"]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from drivers.modbus import transport
 from drivers.modbus.profile import BIT_TABLES, WORDS, DataType, Point, Table, WordOrder, raw_from_words
-from drivers.modbus.transport import DeviceException, Disconnected, Garbage, Timeout
+from drivers.modbus.transport import GATEWAY_EXCEPTIONS, DeviceException, Disconnected, Garbage, Timeout
 from edge.config import RtuBus, TcpBus
 
 SCAN_TIMEOUT_S = 0.2  # a present device answers a one-register read well within this on 9600 baud
@@ -27,7 +27,8 @@ async def scan(bus: TcpBus | RtuBus, units: Iterable[int] = ALL_UNITS, probe: tu
                timeout_s: float = SCAN_TIMEOUT_S) -> list[int]:
     """Unit ids that answer a one-register read of `probe` (table, address), in order.
 
-    A Modbus exception counts as an answer: the device is there, it just lacks that register.
+    A Modbus exception counts as an answer (the device is there, it just lacks that register), except
+    the gateway exceptions 0x0A/0x0B, with which a TCP gateway says that no device has that id.
     """
     table, address = probe
     client = await _connected(bus)
@@ -36,8 +37,9 @@ async def scan(bus: TcpBus | RtuBus, units: Iterable[int] = ALL_UNITS, probe: tu
         for unit in units:
             try:
                 await transport.read(client, unit, table, address, 1, timeout_s)
-            except DeviceException:
-                found.append(unit)
+            except DeviceException as exc:
+                if exc.code not in GATEWAY_EXCEPTIONS:  # 0x0A/0x0B: a TCP gateway saying nobody is there
+                    found.append(unit)
             except (Timeout, Garbage):
                 continue
             else:

@@ -28,6 +28,8 @@ LIBRARY_TIMEOUT_S = 60.0  # pymodbus' own response timeout; ours (asyncio.timeou
 CONNECT_TIMEOUT_S = 3.0
 
 
+GATEWAY_EXCEPTIONS = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond: the unit is gone
+
 class TransportError(Exception):
     """A transaction failed; `kind` says how (the engine's health reasons use it)."""
 
