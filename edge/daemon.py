@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,9 +281,16 @@ class Daemon:
                 "buses": self._engine.stats()}
 
     def metrics_text(self) -> str:
+        """Prometheus text exposition of device health and bus counters."""
         lines = ["# TYPE campus_edge_device_online gauge"]
         lines += [f'campus_edge_device_online{{device="{d}"}} {int(bool(s.get("online")))}'
                   for d, s in sorted(self.states.items())]
+        lines.append("# TYPE campus_edge_modbus_requests_total counter")
+        lines.append("# TYPE campus_edge_modbus_errors_total counter")
+        for bus_id, st in sorted(self._engine.stats().items()):
+            lines.append(f'campus_edge_modbus_requests_total{{bus="{bus_id}"}} {st.get("requests", 0)}')
+            for kind, n in sorted(st.get("errors", {}).items()):
+                lines.append(f'campus_edge_modbus_errors_total{{bus="{bus_id}",kind="{kind}"}} {n}')
         lines.append("# TYPE campus_edge_uptime_seconds gauge")
-        lines.append(f"campus_edge_uptime_seconds {time.monotonic():.0f}")
+        lines.append(f"campus_edge_uptime_seconds {self.clock.time() - self.started_at:.0f}")
         return "\n".join(lines) + "\n"
