@@ -1,0 +1,239 @@
+"""Carrying out verified cloud commands: each `VerifiedCommand` becomes exactly one result payload.
+
+Actuating actions go through the daemon (and so through the arbiter): `ac.set` and `relay.set` as
+requests of the command's role (teacher -> TEACHER, facility/admin -> FACILITY), `door.unlock` as a
+timed flash of the door's relay channel. A room target of `ac.set` fans out to the room's ACs.
+
+Documents (`alarm.set`, `booking.put`, `booking.delete`, `access.put`) are stored durably in the
+daemon's key-value store and answered ok; the EMS, booking and access-control services read them
+with `load_document` (those services are separate issues: until they exist nothing acts on them).
+
+Before anything is done the EMS gate is asked (`ems_gate(command) -> bool`; permissive by default);
+a False answers `denied_by_ems`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from cloud_sync.commands import Status, VerifiedCommand, result_payload
+from edge.arbiter import Outcome, Source
+from edge.clock import Clock, iso
+from edge.config import Config, RelayChannel
+from edge.events import EventBus, Message
+from edge.store import Store
+
+log = logging.getLogger(__name__)
+
+EmsGate = Callable[[VerifiedCommand], bool]
+
+# Codes that mean "refused before acting" (status rejected); every other failure is status failed.
+REJECTED_CODES = frozenset({"bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
+                            "out_of_range", "unknown_target", "denied_by_ems"})
+ROLE_SOURCE = {"teacher": Source.TEACHER, "facility": Source.FACILITY, "admin": Source.FACILITY}
+
+# Key-value store keys of the stored documents.
+DOC_ALARM = "cloud/alarm"
+DOC_ACCESS = "cloud/access"
+DOC_BOOKINGS = "cloud/bookings/"   # + room id: {booking id: booking}
+
+
+def permissive(_command: VerifiedCommand) -> bool:
+    """The default EMS gate: everything passes (no EMS configured)."""
+    return True
+
+
+class Gateway(Protocol):
+    """What the dispatcher needs of the daemon."""
+
+    cfg: Config
+    clock: Clock
+    bus: EventBus
+    store: Store
+    states: dict[str, dict[str, Any]]
+    kind_of: dict[str, str]
+
+    @property
+    def tz(self) -> Any: ...
+
+    async def command(self, target: str, fields: Mapping[str, Any], source: Source,
+                      requester: str | None = None, hold_s: float | None = None) -> Outcome: ...
+
+    async def unlock(self, door_id: str, seconds: float) -> None: ...
+
+
+def load_document(store: Store, key: str) -> Any:
+    """A stored document (None when the cloud never sent one)."""
+    raw = store.get(key)
+    return None if raw is None else json.loads(raw)
+
+
+class Dispatcher:
+    """Turns a verified command into a result payload (CONTRACT.md section 3, extended with `state`)."""
+
+    def __init__(self, gw: Gateway, ems_gate: EmsGate | None = None) -> None:
+        self.gw = gw
+        self.ems_gate: EmsGate = ems_gate or permissive
+
+    def _now(self) -> str:
+        return iso(self.gw.clock.time(), self.gw.tz)
+
+    def _result(self, cmd: VerifiedCommand, status: Status, code: str, message: str,
+                **extra: Any) -> dict[str, Any]:
+        out = result_payload(cmd.id, status, code, message, self._now())
+        out.update({k: v for k, v in extra.items() if v is not None})
+        return out
+
+    async def execute(self, cmd: VerifiedCommand, wait_online_s: float = 0.0) -> dict[str, Any]:
+        """Carry out `cmd`; never raises for a device problem (the result says it)."""
+        try:
+            allowed = self.ems_gate(cmd)
+        except Exception:
+            log.exception("EMS gate failed on %s; letting the command through", cmd.id)
+            allowed = True
+        if not allowed:
+            return self._result(cmd, "rejected", "denied_by_ems", "the energy manager refuses this now")
+        handler = {
+            "ac.set": self._ac_set, "relay.set": self._relay_set, "door.unlock": self._door_unlock,
+            "alarm.set": self._alarm_set, "booking.put": self._booking_put, "booking.delete": self._booking_delete,
+            "access.put": self._access_put,
+        }.get(cmd.action)
+        if handler is None:
+            return self._result(cmd, "rejected", "bad_request", f"unknown action {cmd.action!r}")
+        if wait_online_s > 0:
+            await self._wait_online(self._physical(cmd), wait_online_s)
+        return await handler(cmd)
+
+    # -- actuators -------------------------------------------------------------------------------
+    def _room_acs(self, room: str) -> list[str]:
+        return [d.id for d in self.gw.cfg.modbus_devices() if d.kind == "ac" and d.room == room]
+
+    def _physical(self, cmd: VerifiedCommand) -> list[str]:
+        """The Modbus devices a command needs online."""
+        if cmd.action == "ac.set":
+            return self._room_acs(cmd.target) if self.gw.kind_of.get(cmd.target) is None else [cmd.target]
+        if cmd.action in ("relay.set", "door.unlock"):
+            dev = self._device(cmd.target)
+            return [dev.relay] if isinstance(dev, RelayChannel) else []
+        return []
+
+    def _device(self, device_id: str) -> Any:
+        try:
+            return self.gw.cfg.device(device_id)
+        except KeyError:
+            return None
+
+    async def _wait_online(self, devices: list[str], within_s: float) -> None:
+        """After a restart nothing is online until its first reading: wait for it (recovery only)."""
+        def up() -> bool:
+            return all(self.gw.states.get(d, {}).get("online") for d in devices)
+
+        sub = self.gw.bus.subscribe("state", maxsize=1000, name="cloud-recovery")
+        try:
+            async with asyncio.timeout(within_s):
+                while not up():
+                    await sub.queue.get()
+        except TimeoutError:
+            pass
+        finally:
+            self.gw.bus.unsubscribe(sub)
+
+    async def _one(self, cmd: VerifiedCommand, device: str, fields: Mapping[str, Any]) -> Outcome:
+        return await self.gw.command(device, fields, ROLE_SOURCE[cmd.role], requester=cmd.sub)
+
+    def _state(self, device: str, out: Outcome) -> dict[str, Any]:
+        return {**self.gw.states.get(device, {}), **out.verified}
+
+    def _from_outcome(self, cmd: VerifiedCommand, device: str, out: Outcome) -> dict[str, Any]:
+        deferred = None if out.deferred_until is None else iso(out.deferred_until, self.gw.tz)
+        if out.ok:
+            msg = out.message if deferred is None else f"{out.message}; start deferred until {deferred} (compressor)"
+            return self._result(cmd, "ok", "ok", msg, state=self._state(device, out), deferred_until=deferred)
+        status: Status = "rejected" if out.code in REJECTED_CODES else "failed"
+        return self._result(cmd, status, out.code, out.message, state=self.gw.states.get(device))
+
+    async def _ac_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        if self.gw.kind_of.get(cmd.target) == "ac":
+            return self._from_outcome(cmd, cmd.target, await self._one(cmd, cmd.target, cmd.params))
+        units = self._room_acs(cmd.target)
+        if not units:
+            return self._result(cmd, "rejected", "unknown_target", f"room {cmd.target!r} has no AC")
+        outs = await asyncio.gather(*(self._one(cmd, u, cmd.params) for u in units))
+        states = {u: self._state(u, o) for u, o in zip(units, outs, strict=True)}
+        bad = [(u, o) for u, o in zip(units, outs, strict=True) if not o.ok]
+        if not bad:
+            return self._result(cmd, "ok", "ok", f"applied to {len(units)} units of room {cmd.target}", states=states)
+        status: Status = "rejected" if len(bad) == len(units) and all(o.code in REJECTED_CODES for _, o in bad) \
+            else "failed"
+        msg = "; ".join(f"{u}: {o.code} {o.message}" for u, o in bad)
+        done = len(units) - len(bad)
+        return self._result(cmd, status, bad[0][1].code, f"{done} of {len(units)} units done; {msg}", states=states)
+
+    async def _relay_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        out = await self._one(cmd, cmd.target, {"on": cmd.params["on"]})
+        return self._from_outcome(cmd, cmd.target, out)
+
+    async def _door_unlock(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        from drivers.modbus.engine import WriteError
+
+        dev = self._device(cmd.target)
+        if not isinstance(dev, RelayChannel):
+            return self._result(cmd, "rejected", "unknown_target", f"{cmd.target!r} is not a door")
+        if not self.gw.states.get(dev.relay, {}).get("online"):
+            return self._result(cmd, "failed", "device_offline", f"{dev.relay} is offline")
+        seconds = float(cmd.params["seconds"])
+        try:
+            await self.gw.unlock(cmd.target, seconds)
+        except WriteError as exc:
+            status: Status = "rejected" if exc.code in REJECTED_CODES else "failed"
+            return self._result(cmd, status, exc.code, str(exc))
+        self._event("door", {"door": cmd.target, "action": "unlock", "seconds": seconds, "by": cmd.sub,
+                             "source": "cloud"})
+        return self._result(cmd, "ok", "ok", f"{cmd.target} unlocked for {seconds:g} s")
+
+    def _event(self, kind: str, body: Mapping[str, Any]) -> None:
+        now = self.gw.clock.time()
+        self.gw.bus.publish(Message("event", kind, {"id": os.urandom(8).hex(), "ts": iso(now, self.gw.tz),
+                                                     "kind": kind, **body}, now))
+
+    # -- documents -------------------------------------------------------------------------------
+    def _meta(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        return {"by": cmd.sub, "role": cmd.role, "command": cmd.id, "stored_at": self._now()}
+
+    def _put(self, key: str, doc: Any) -> None:
+        self.gw.store.set(key, json.dumps(doc, separators=(",", ":"), ensure_ascii=False))
+
+    async def _alarm_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        self._put(DOC_ALARM, {**cmd.params, **self._meta(cmd)})
+        return self._result(cmd, "ok", "ok", f"{len(cmd.params['levels'])} alarm levels stored")
+
+    async def _booking_put(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        key = DOC_BOOKINGS + cmd.target
+        book = load_document(self.gw.store, key) or {}
+        book[cmd.params["id"]] = {**cmd.params, **self._meta(cmd)}
+        self._put(key, book)
+        return self._result(cmd, "ok", "ok", f"booking {cmd.params['id']} of room {cmd.target} stored")
+
+    async def _booking_delete(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        key = DOC_BOOKINGS + cmd.target
+        book = load_document(self.gw.store, key) or {}
+        gone = book.pop(cmd.params["id"], None)
+        self._put(key, book)
+        what = "deleted" if gone is not None else "was not stored (nothing to delete)"
+        return self._result(cmd, "ok", "ok", f"booking {cmd.params['id']} of room {cmd.target} {what}")
+
+    async def _access_put(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        have = load_document(self.gw.store, DOC_ACCESS)
+        version = int(cmd.params["version"])
+        if have is not None and int(have["version"]) > version:
+            return self._result(cmd, "ok", "ok", f"ignored: version {version} is older than the stored"
+                                                 f" version {have['version']}")
+        self._put(DOC_ACCESS, {**cmd.params, **self._meta(cmd)})
+        return self._result(cmd, "ok", "ok", f"access list version {version} stored"
+                                             f" ({len(cmd.params['cards'])} cards)")
+

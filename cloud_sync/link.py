@@ -1,0 +1,201 @@
+"""The MQTT link: one broker connection, kept up for ever, with counters.
+
+aiomqtt's client is reusable but not reentrant: the link re-enters `async with client` in a loop,
+and every (re)connection runs the caller's `session(client)` until the connection dies. The session
+re-subscribes and republishes retained state itself (clean session: the broker forgets
+subscriptions, and whatever was published while we were away never reached it). Between attempts
+the link waits a jittered exponential backoff, reset once a connection has stayed up a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from edge.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.5      # first retry after a lost connection
+BACKOFF_MAX_S = 30.0     # cap: a broker down for an hour sees one attempt per ~30 s per gateway
+BACKOFF_FACTOR = 2.0
+BACKOFF_JITTER = 0.5     # each wait is drawn from [1 - JITTER, 1] x the step: 500 gateways don't stampede
+STABLE_S = 10.0          # a connection that lived this long resets the backoff
+CONNECT_TIMEOUT_S = 10.0
+# QoS 1 publishes in flight at once (outbox window + live state). aiomqtt warns above its threshold
+# (10 by default) on every publish; with a window of 100 that is our normal, not a problem.
+MAX_INFLIGHT = 200
+PENDING_CALLS_THRESHOLD = 1000
+
+Protocol = Literal["3.1.1", "5"]
+Category = Literal["status", "state", "event", "result", "cmd", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """Where and how to connect (from `cloud.mqtt`)."""
+
+    host: str
+    port: int
+    client_id: str
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = 30
+    protocol: Protocol = "3.1.1"
+    backoff_min_s: float = BACKOFF_MIN_S
+    backoff_max_s: float = BACKOFF_MAX_S
+
+    @classmethod
+    def from_config(cls, mqtt: MqttConfig, default_client_id: str, **overrides: Any) -> LinkSettings:
+        tls, host, port = parse_url(mqtt.url)
+        password = None
+        if mqtt.password_file is not None:
+            try:
+                password = Path(mqtt.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cloud.mqtt.password_file: {mqtt.password_file}: {exc.strerror or exc}") from None
+        base: dict[str, Any] = {
+            "host": host, "port": port, "tls": tls, "client_id": mqtt.client_id or default_client_id,
+            "username": mqtt.username, "password": password, "ca_file": mqtt.ca_file, "cert_file": mqtt.cert_file,
+            "key_file": mqtt.key_file, "keepalive_s": mqtt.keepalive_s,
+        }
+        base.update(overrides)
+        return cls(**base)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS with the site's CA (or the system's) and, when given, a client certificate."""
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        return ctx
+
+
+def parse_url(url: str) -> tuple[bool, str, int]:
+    """`mqtt://host[:port]` or `mqtts://host[:port]` -> (tls, host, port); 1883 / 8883 by default."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    tls = parts.scheme == "mqtts"
+    return tls, parts.hostname, parts.port or (8883 if tls else 1883)
+
+
+@dataclass
+class Counters:
+    """Messages and payload bytes, per direction and category, since start."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    sent_bytes: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+    received_bytes: dict[str, int] = field(default_factory=dict)
+    connects: int = 0
+    disconnects: int = 0
+
+    def count_sent(self, category: str, size: int) -> None:
+        self.sent[category] = self.sent.get(category, 0) + 1
+        self.sent_bytes[category] = self.sent_bytes.get(category, 0) + size
+
+    def count_received(self, category: str, size: int) -> None:
+        self.received[category] = self.received.get(category, 0) + 1
+        self.received_bytes[category] = self.received_bytes.get(category, 0) + size
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sent": dict(self.sent), "sent_bytes": dict(self.sent_bytes), "received": dict(self.received),
+                "received_bytes": dict(self.received_bytes), "connects": self.connects,
+                "disconnects": self.disconnects}
+
+
+class Backoff:
+    """Waits of min, x2, x4 ... capped at max, each drawn from [1 - JITTER, 1] x the step."""
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s, self.max_s = min_s, max_s
+        self._step = min_s
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        d = self._step
+        self._step = min(self.max_s, d * BACKOFF_FACTOR)
+        return d * self._rng.uniform(1.0 - BACKOFF_JITTER, 1.0)
+
+    def reset(self) -> None:
+        self._step = self.min_s
+
+
+Session = Callable[[aiomqtt.Client], Awaitable[None]]
+
+
+class MqttLink:
+    """The connection loop: `await link.run(session)` until cancelled."""
+
+    def __init__(self, settings: LinkSettings, will_topic: str | None = None,
+                 will_payload: bytes = b'{"online":false}') -> None:
+        self.settings = settings
+        self.counters = Counters()
+        self.connected = asyncio.Event()
+        self.last_error: str | None = None
+        will = aiomqtt.Will(will_topic, will_payload, qos=1, retain=True) if will_topic else None
+        self.client = aiomqtt.Client(
+            settings.host, settings.port, username=settings.username, password=settings.password,
+            identifier=settings.client_id, will=will, keepalive=settings.keepalive_s,
+            protocol=aiomqtt.ProtocolVersion.V5 if settings.protocol == "5" else aiomqtt.ProtocolVersion.V311,
+            tls_context=settings.ssl_context(), timeout=CONNECT_TIMEOUT_S, max_inflight_messages=MAX_INFLIGHT,
+            logger=logging.getLogger("campus_edge.mqtt"))
+        self.client.pending_calls_threshold = PENDING_CALLS_THRESHOLD
+
+    async def run(self, session: Session) -> None:
+        """Connect, run `session`, and on any connection loss wait (backoff) and do it again."""
+        backoff = Backoff(self.settings.backoff_min_s, self.settings.backoff_max_s)
+        target = f"{self.settings.host}:{self.settings.port}"
+        while True:
+            up_since: float | None = None
+            try:
+                async with self.client:
+                    up_since = time.monotonic()
+                    self.counters.connects += 1
+                    self.last_error = None
+                    log.info("MQTT connected to %s as %s", target, self.settings.client_id)
+                    self.connected.set()
+                    try:
+                        await session(self.client)
+                    finally:
+                        self.connected.clear()
+            except* aiomqtt.MqttError as group:
+                err = group.exceptions[0]
+                if up_since is not None:
+                    self.counters.disconnects += 1
+                if self.last_error != str(err):
+                    log.warning("MQTT %s: %s", target, err)
+                self.last_error = str(err)
+            if up_since is not None and time.monotonic() - up_since >= STABLE_S:
+                backoff.reset()
+            wait = backoff.next()
+            log.debug("MQTT reconnect to %s in %.1f s", target, wait)
+            await asyncio.sleep(wait)
+
+    async def publish(self, topic: str, payload: bytes, category: Category, *, qos: int = 1,
+                      retain: bool = False) -> None:
+        """Publish and, for QoS 1, wait for the PUBACK; raises aiomqtt.MqttError when the link is down."""
+        await self.client.publish(topic, payload, qos=qos, retain=retain)
+        self.counters.count_sent(category, len(payload))
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, as every payload of the contract."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,416 @@
+"""The cloud service: the daemon's side of the MQTT contract (CONTRACT.md section 3).
+
+`CloudService(daemon)` is an async context manager the daemon enters when `cloud` is configured.
+Inside one TaskGroup it runs:
+
+* the link (`MqttLink.run`), whose every connection runs `_session`: subscribe `P/cmd`, publish the
+  retained `P/status`, rewind the outbox, republish every device's retained STATE, then read
+  commands, drain the outbox and publish live state until the connection dies;
+* the event pump: the daemon's "event" messages go into the durable outbox (`P/event/{kind}`);
+* the state watcher: "state" messages pass per-field deadbands, are coalesced per device (latest
+  wins, at most one publish per device per `STATE_MIN_INTERVAL_S`) and refreshed every `REFRESH_S`;
+* command execution: verify (CommandVerifier) -> journal -> dispatch -> journal -> outbox result.
+
+Every message on `P/cmd` gets exactly one result in the outbox. At start, commands a crash left
+unanswered are recovered (`recovery_step`) before the first new command is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections.abc import AsyncGenerator, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiomqtt
+
+from cloud_sync.commands import (
+    CommandJournal,
+    CommandVerifier,
+    JournalEntry,
+    Rejection,
+    VerifiedCommand,
+    recovery_step,
+    resolver_from_config,
+    result_payload,
+)
+from cloud_sync.dispatch import Dispatcher, EmsGate, Gateway
+from cloud_sync.keys import load_public_keys
+from cloud_sync.link import Category, LinkSettings, MqttLink, dumps
+from cloud_sync.outbox import Outbox, OutboxMessage
+from cloud_sync.topics import Topics, audience
+from edge.clock import iso
+from edge.events import Message
+
+log = logging.getLogger(__name__)
+
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024   # a week of events at a busy school fits many times over
+OUTBOX_WINDOW = 100                   # QoS 1 messages of one batch in flight at once
+EVENT_PUT_BATCH = 500                 # bus events stored per outbox transaction at most
+STATE_MIN_INTERVAL_S = 1.0            # a device's state is published at most this often
+REFRESH_S = 300.0                     # every state is republished at least this often (fresh ts)
+RECOVERY_WAIT_S = 20.0                # after a restart, how long a re-applied command waits for its device
+MAX_CONCURRENT_COMMANDS = 32
+SHUTDOWN_COMMANDS_S = 5.0             # on stop, commands being carried out get this long to finish
+SHUTDOWN_STATUS_S = 2.0
+
+# Per-field deadbands: (absolute, relative to the last published value); the larger applies.
+# A change smaller than the band is not worth a message; the periodic refresh carries it anyway.
+DEADBANDS: dict[str, tuple[float, float]] = {
+    "room_temp_c": (0.2, 0.0),
+    "power_w": (50.0, 0.01),
+    "power_phase_w": (50.0, 0.01),
+    "demand_w": (50.0, 0.01),
+    "energy_kwh": (0.1, 0.0),
+    "voltage_v": (1.0, 0.0),
+    "current_a": (0.2, 0.02),
+    "pf": (0.01, 0.0),
+    "freq_hz": (0.05, 0.0),
+}
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _moved(key: str, old: Any, new: Any) -> bool:
+    if old == new:
+        return False
+    band = DEADBANDS.get(key)
+    if band is None:
+        return True  # settings, booleans, enums, faults: every change counts
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return any(_moved(key, o, n) for o, n in zip(old, new, strict=True))
+    if _num(old) and _num(new):
+        return bool(abs(new - old) >= max(band[0], band[1] * abs(old)))
+    return True
+
+
+def significant(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether `new` differs from the last published `old` by more than the deadbands (ts aside)."""
+    if old is None:
+        return True
+    return any(_moved(k, old.get(k), new.get(k)) for k in set(old) | set(new) if k != "ts")
+
+
+@dataclass
+class StateGate:
+    """Which device states to publish when: deadbands, per-device rate limit (latest wins), refresh."""
+
+    min_interval_s: float = STATE_MIN_INTERVAL_S
+    refresh_s: float = REFRESH_S
+    published: dict[str, dict[str, Any]] = field(default_factory=dict)
+    published_at: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    suppressed: int = 0
+
+    def offer(self, device: str, state: Mapping[str, Any]) -> bool:
+        """A new state; True when it is now waiting to be published."""
+        if device in self.pending or significant(self.published.get(device), state):
+            self.pending[device] = dict(state)
+            return True
+        self.suppressed += 1
+        return False
+
+    def due(self, now: float, current: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """States to publish now: pending ones past their device's interval, and stale ones (refresh)."""
+        out = []
+        for dev in list(self.pending):
+            if now - self.published_at.get(dev, -math.inf) >= self.min_interval_s:
+                out.append((dev, self.pending.pop(dev)))
+        for dev, state in current.items():
+            if dev not in self.pending and now - self.published_at.get(dev, -math.inf) >= self.refresh_s \
+                    and all(d != dev for d, _ in out):
+                out.append((dev, dict(state)))
+        return out
+
+    def next_due(self, now: float) -> float:
+        """Seconds until something may be due (pending interval or the next refresh)."""
+        times = [self.published_at.get(d, -math.inf) + self.min_interval_s for d in self.pending]
+        times += [t + self.refresh_s for t in self.published_at.values()]
+        return max(0.0, min(times, default=now + self.refresh_s) - now)
+
+    def sent(self, device: str, state: Mapping[str, Any], now: float) -> None:
+        self.published[device] = dict(state)
+        self.published_at[device] = now
+
+    def republish_all(self, current: Mapping[str, Mapping[str, Any]]) -> None:
+        """After a reconnect: everything again, at once (the broker may have lost its retained copies)."""
+        for dev, state in current.items():
+            self.pending[dev] = dict(state)
+            self.published_at.pop(dev, None)
+
+
+def _category(m: OutboxMessage) -> Category:
+    return "result" if m.cls == "result" else "event" if m.cls == "event" else "other"
+
+
+class CloudService:
+    """The MQTT side of the daemon (see the module docstring)."""
+
+    def __init__(self, gw: Gateway, *, settings: LinkSettings | None = None, ems_gate: EmsGate | None = None,
+                 outbox_max_bytes: int = OUTBOX_MAX_BYTES, window: int = OUTBOX_WINDOW) -> None:
+        cfg = gw.cfg
+        if cfg.cloud is None:
+            raise ValueError("the configuration has no cloud section")
+        self.gw = gw
+        self.cloud = cfg.cloud
+        self.topics = Topics.for_config(cfg)
+        self.audience = audience(cfg.site.school_id, cfg.site.gateway_id)
+        self.settings = settings or LinkSettings.from_config(
+            cfg.cloud.mqtt, f"campus-edge-{cfg.site.school_id}-{cfg.site.gateway_id}")
+        self.window = window
+        self.outbox_max_bytes = outbox_max_bytes
+        self.dispatcher = Dispatcher(gw, ems_gate)
+        self.states = StateGate()
+        self.commands_in = 0
+        self.results_out = 0
+        self._state_wake = asyncio.Event()
+        self._cmd_slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
+        self._recovered = asyncio.Event()
+        self._tg = asyncio.TaskGroup()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._commands: set[asyncio.Task[Any]] = set()
+        store = Path(cfg.storage.path)
+        keys = load_public_keys(self.cloud.command_keys)  # ValueError naming each bad file
+        if not keys:
+            log.warning("cloud.command_keys is empty: every command will be answered bad_signature")
+        self.link = MqttLink(self.settings, will_topic=self.topics.status)
+        self.outbox = Outbox(store / "outbox.db", max_bytes=outbox_max_bytes, clock=gw.clock)
+        try:
+            self.journal = CommandJournal(store / "commands.db", gw.clock)
+        except BaseException:
+            self.outbox.close()
+            raise
+        self.verifier = CommandVerifier(keys, self.audience, resolver_from_config(cfg), replay_db=self.journal,
+                                        clock=gw.clock)
+        # subscribed here, before the first await: no event may slip past between start-up and the pump
+        self._events = gw.bus.subscribe("event", maxsize=100_000, name="cloud-events")
+        self._state_sub = gw.bus.subscribe("state", maxsize=10_000, name="cloud-state")
+
+    @property
+    def ems_gate(self) -> EmsGate:
+        return self.dispatcher.ems_gate
+
+    @ems_gate.setter
+    def ems_gate(self, gate: EmsGate) -> None:
+        self.dispatcher.ems_gate = gate
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> CloudService:
+        try:
+            await self._tg.__aenter__()
+        except BaseException:
+            self._close()
+            raise
+        self._spawn(self._recover(), "cloud-recover")
+        self._spawn(self._pump_events(), "cloud-events")
+        self._spawn(self._watch_states(), "cloud-state-watch")
+        self._spawn(self.link.run(self._session), "cloud-link")
+        log.info("cloud link to %s:%d, topics %s/...", self.settings.host, self.settings.port, self.topics.base)
+        return self
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, command: bool = False) -> None:
+        task = self._tg.create_task(coro, name=name)
+        group = self._commands if command else self._tasks
+        group.add(task)
+        task.add_done_callback(group.discard)
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._commands:  # let commands being carried out finish (their results go to the outbox)
+                await asyncio.wait(set(self._commands), timeout=SHUTDOWN_COMMANDS_S)
+            if self.link.connected.is_set():
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    async with asyncio.timeout(SHUTDOWN_STATUS_S):
+                        await self.link.publish(self.topics.status, dumps({"online": False}), "status",
+                                                retain=True)
+            for t in self._tasks | self._commands:
+                t.cancel()
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._store_queued_events()
+            self._close()
+
+    def _close(self) -> None:
+        self.gw.bus.unsubscribe(self._events)
+        self.gw.bus.unsubscribe(self._state_sub)
+        self.outbox.close()
+        self.journal.close()
+
+    def stats(self) -> dict[str, Any]:
+        ob = self.outbox.stats()
+        return {
+            "connected": self.link.connected.is_set(),
+            "last_error": self.link.last_error,
+            "mqtt": self.link.counters.as_dict(),
+            "commands": self.commands_in, "results": self.results_out,
+            "states_suppressed": self.states.suppressed,
+            "outbox": {"pending": ob.pending, "bytes_used": ob.bytes_used, "alarm": ob.alarm},
+        }
+
+    # -- one connection --------------------------------------------------------------------------
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self.outbox.rewind()
+        await client.subscribe(self.topics.cmd, qos=1)
+        info = self.gw_info()
+        await self.link.publish(self.topics.status, dumps({"online": True, **info}), "status", retain=True)
+        self.states.republish_all(self.gw.states)
+        self._state_wake.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._read_commands(client), name="cloud-cmd-reader")
+            tg.create_task(self._drain(), name="cloud-outbox-drain")
+            tg.create_task(self._publish_states(), name="cloud-state-publish")
+
+    def gw_info(self) -> dict[str, Any]:
+        info = getattr(self.gw, "gateway_info", None)
+        got: dict[str, Any] = info() if callable(info) else {}
+        return {"version": got.get("version", "unknown"), "started_at": got.get("started_at")}
+
+    async def _drain(self) -> None:
+        """Outbox -> broker in batches (a bounded window of QoS 1 publishes); ack after PUBACK."""
+        link = self.link
+        batches = cast("AsyncGenerator[list[OutboxMessage], None]", self.outbox.batches(self.window))
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                got = await asyncio.gather(*(link.publish(m.topic, m.payload, _category(m)) for m in batch),
+                                           return_exceptions=True)
+                done = [m.seq for m, r in zip(batch, got, strict=True) if r is None]
+                if done:
+                    await self.outbox.aack(done)
+                    self.results_out += sum(1 for m, r in zip(batch, got, strict=True) if r is None
+                                            and m.cls == "result")
+                for r in got:
+                    if isinstance(r, BaseException):
+                        raise r
+
+    async def _publish_states(self) -> None:
+        link, clock = self.link, self.gw.clock
+        while True:
+            now = clock.monotonic()
+            due = self.states.due(now, self.gw.states)
+            if due:
+                got = await asyncio.gather(*(link.publish(self.topics.state(d), dumps(s), "state", retain=True)
+                                             for d, s in due), return_exceptions=True)
+                for (d, s), r in zip(due, got, strict=True):
+                    if r is None:
+                        self.states.sent(d, s, now)
+                    elif d not in self.states.pending:
+                        self.states.pending[d] = s  # not sent: try again on the next connection
+                for r in got:
+                    if isinstance(r, BaseException):
+                        raise r
+                continue
+            self._state_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.states.next_due(clock.monotonic())):
+                    await self._state_wake.wait()
+
+    async def _watch_states(self) -> None:
+        async for msg in self._state_sub:
+            if self.states.offer(msg.key, msg.payload):
+                self._state_wake.set()
+
+    # -- events ----------------------------------------------------------------------------------
+    async def _pump_events(self) -> None:
+        q = self._events.queue
+        while True:
+            batch = [await q.get()]
+            while not q.empty() and len(batch) < EVENT_PUT_BATCH:
+                batch.append(q.get_nowait())
+            self._store_events(batch)
+
+    def _store_events(self, batch: list[Message]) -> None:
+        self.outbox.put_many([(self.topics.event(m.key), dumps(m.payload), "event", str(m.payload.get("id") or
+                                                                                          uuid.uuid4().hex))
+                              for m in batch])
+
+    def _store_queued_events(self) -> None:
+        """On the way out: whatever the bus still holds goes to disk (no event is ever dropped)."""
+        q = self._events.queue
+        if q.empty():
+            return
+        batch = []
+        while not q.empty():
+            batch.append(q.get_nowait())
+        with contextlib.suppress(RuntimeError):
+            self._store_events(batch)
+
+    # -- commands --------------------------------------------------------------------------------
+    async def _read_commands(self, client: aiomqtt.Client) -> None:
+        await self._recovered.wait()  # recovered results go first; no new command before them
+        async for m in client.messages:
+            if not m.topic.matches(self.topics.cmd):
+                continue
+            p = m.payload
+            raw = bytes(p) if isinstance(p, bytes | bytearray) else b"" if p is None else str(p).encode()
+            self.link.counters.count_received("cmd", len(raw))
+            await self.handle_command(raw)
+
+    async def handle_command(self, raw: bytes) -> None:
+        """Verify one `P/cmd` payload; a rejection is answered at once, a command runs in its own task."""
+        self.commands_in += 1
+        verdict = await asyncio.to_thread(self.verifier.verify, raw)
+        if isinstance(verdict, Rejection):
+            log.info("command %s rejected: %s %s", verdict.id, verdict.code, verdict.message)
+            self._answer(verdict.result(self._now()), verdict.id)
+            return
+        await self._cmd_slots.acquire()
+        self._spawn(self._run_command(verdict), f"cloud-cmd-{verdict.id[:16]}", command=True)
+
+    async def _run_command(self, cmd: VerifiedCommand, wait_online_s: float = 0.0) -> None:
+        try:
+            log.info("command %s: %s %s %s by %s (%s)", cmd.id, cmd.action, cmd.target, dict(cmd.params), cmd.sub,
+                     cmd.role)
+            try:
+                result = await self.dispatcher.execute(cmd, wait_online_s=wait_online_s)
+            except Exception as exc:  # a bug must still produce a result, and not take the service down
+                log.exception("command %s failed", cmd.id)
+                result = result_payload(cmd.id, "failed", "write_failed", f"internal error: {exc}", self._now())
+            await asyncio.to_thread(self.journal.applied, cmd.id, result)
+            self._answer(result, cmd.id)
+            await asyncio.to_thread(self.journal.answered, cmd.id)
+        finally:
+            self._cmd_slots.release()
+
+    def _answer(self, result: Mapping[str, Any], msg_id: str | None) -> None:
+        self.outbox.put(self.topics.cmd_result, dumps(result), "result", msg_id=msg_id or uuid.uuid4().hex)
+
+    def _now(self) -> str:
+        return iso(self.gw.clock.time(), self.gw.tz)
+
+    async def _recover(self) -> None:
+        """Commands a crash left between receipt and result (CommandJournal's protocol)."""
+        try:
+            for entry in await asyncio.to_thread(self.journal.pending):
+                await self._recover_one(entry)
+        finally:
+            self._recovered.set()
+
+    async def _recover_one(self, e: JournalEntry) -> None:
+        step = recovery_step(e, self.gw.clock.time())
+        log.warning("command %s (%s) interrupted by a restart in state %s: %s", e.jti, e.command.get("action"),
+                    e.state, step)
+        if step == "republish" and e.result is not None:
+            self._answer(e.result, e.jti)
+            await asyncio.to_thread(self.journal.answered, e.jti)
+        elif step == "reapply":
+            c = e.command
+            cmd = VerifiedCommand(e.jti, str(c["action"]), str(c["target"]), dict(c.get("params", {})),
+                                  str(c["sub"]), c["role"], tuple(c["rooms"]) if c.get("rooms") is not None else None,
+                                  float(c["iat"]), float(c["exp"]), str(c.get("kid", "")))
+            await self._cmd_slots.acquire()
+            self._spawn(self._run_command(cmd, wait_online_s=RECOVERY_WAIT_S), f"cloud-recover-{e.jti[:16]}",
+                        command=True)
+        else:
+            result = result_payload(e.jti, "failed", "write_failed", "interrupted by a restart; not repeated",
+                                    self._now())
+            if e.state == "received":
+                await asyncio.to_thread(self.journal.applied, e.jti, result)
+            self._answer(result, e.jti)
+            await asyncio.to_thread(self.journal.answered, e.jti)
