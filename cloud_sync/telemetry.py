@@ -1,0 +1,528 @@
+"""Telemetry to an InfluxDB v2 write API (InfluxDB 2.x, VictoriaMetrics): CONTRACT.md section 4.
+
+Why not influxdb-client: importing it costs ~30 MB RSS (reactivex, urllib3, dateutil) against a
+daemon target of 60 MB; this writer is line protocol, gzip and one POST, with `http.client` in a
+worker thread (bench/telemetry_bench.py measures both imports).
+
+Flow: "state" messages from the event bus become `Point`s; a per-device sampler keeps at most
+one point per `sample_s` window (the window's last value, so a change that is not followed by
+another still lands) and writes at once when `on` or `online` flips; every `flush_s` the sender
+POSTs what is due. Nothing is written to the SD card while the server answers: only when a POST
+fails retryably do the points go to the durable buffer, a `cloud_sync.outbox.Outbox` of its own
+(`telemetry.db`, class "telemetry": SQLite WAL, bounded, oldest-first thinning and dropping with
+counters, rows deleted only after a 2xx). The buffer is drained first on the next success and on
+start after a restart.
+
+Answers: 2xx delivered; 429, 5xx and network errors retried with jittered exponential backoff
+(Retry-After respected); 401/403/404 (token or bucket wrong: the data is fine) retried slowly so an
+operator's fix loses nothing the bound kept; 413 halves the batch; any other 4xx drops the batch,
+counted and logged (retrying a bad line would block everything behind it for ever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import gzip
+import http.client
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit
+
+from cloud_sync.outbox import Outbox
+from edge.clock import Clock
+from edge.config import Config, InfluxConfig, ModbusDevice, RelayChannel
+from edge.events import EventBus, Message, Subscription
+
+log = logging.getLogger(__name__)
+
+# Sampling. Meters feed demand analysis (15-min blocks): 10 s keeps the shape of a compressor start
+# at 8,640 points a day. Classroom AC: room temperature moves over minutes and a change of on/off
+# is written at once anyway, so 60 s (80 units: ~115k points a day, not ~3.5M at the 2 s poll).
+# Relay channels only change on command: every change is written (on/off is always forced).
+DEFAULT_SAMPLE_S: Mapping[str, float] = {"meter": 10.0, "ac": 60.0, "relay": 60.0}
+# An unchanged device publishes no state; without a repeat its series would look stale (VictoriaMetrics
+# and Grafana stop drawing a series after ~5 min without samples).
+HEARTBEAT_S = 240.0
+BATCH_LINES = 5000              # lines per POST (~150 kB raw, ~15 kB gzip)
+MEMORY_MAX_LINES = 20_000       # more than this waiting in memory goes to the buffer at once
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+HTTP_TIMEOUT_S = 10.0
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 60.0
+BACKOFF_JITTER = 0.5            # each wait is drawn from [1 - JITTER, 1] x the step
+AUTH_BACKOFF_S = 300.0          # 401/403/404: a person has to fix the config; don't hammer meanwhile
+RETRY_AFTER_MAX_S = 600.0
+STOP_FLUSH_S = 2.0              # on shutdown, one last delivery attempt at most this long
+
+Outcome = Literal["ok", "retry", "auth", "too_large", "drop"]
+
+
+# -- line protocol ------------------------------------------------------------------------------
+_MEASUREMENT_ESC = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\", "\n": " ", "\r": " "})
+_KEY_ESC = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\", "\n": " ", "\r": " "})
+
+
+def escape_measurement(s: str) -> str:
+    """Commas, spaces and backslashes escaped; newlines (not representable) become spaces."""
+    return s.translate(_MEASUREMENT_ESC)
+
+
+def escape_key(s: str) -> str:
+    """A tag key, tag value or field key: commas, spaces, equals signs and backslashes escaped."""
+    return s.translate(_KEY_ESC)
+
+
+def format_float(v: float) -> str:
+    """Always a float in line protocol (no `i` suffix): a field never changes type (Influx 400s on that)."""
+    return repr(float(v))
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    measurement: str
+    tags: tuple[tuple[str, str], ...]      # sorted by key (what Influx recommends)
+    fields: tuple[tuple[str, float], ...]
+    ts_ms: int
+
+    def line(self) -> str:
+        """One line of line protocol (ms precision), without the newline."""
+        tags = "".join(f",{escape_key(k)}={escape_key(v)}" for k, v in self.tags if k and v)
+        fields = ",".join(f"{escape_key(k)}={format_float(v)}" for k, v in self.fields)
+        return f"{escape_measurement(self.measurement)}{tags} {fields} {self.ts_ms}"
+
+
+def make_point(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, Any], ts_ms: int) -> Point | None:
+    """A point with the numeric fields only (bools 0/1; None, NaN, inf and text skipped); None if none is left."""
+    out: list[tuple[str, float]] = []
+    for k, v in fields.items():
+        if isinstance(v, bool):
+            out.append((k, 1.0 if v else 0.0))
+        elif isinstance(v, int | float) and math.isfinite(v):
+            out.append((k, float(v)))
+    if not out:
+        return None
+    return Point(measurement, tuple(sorted((k, v) for k, v in tags.items() if v)), tuple(out), ts_ms)
+
+
+def encode_body(lines: Iterable[str]) -> bytes:
+    """The gzip request body."""
+    return gzip.compress("\n".join(lines).encode() + b"\n", compresslevel=6)
+
+
+# -- STATE -> points ----------------------------------------------------------------------------
+def state_ts_ms(payload: Mapping[str, Any], fallback_s: float) -> int:
+    """The STATE's own `ts` (ISO 8601 with offset) in ms; the message time if it has none."""
+    ts = payload.get("ts")
+    if isinstance(ts, str):
+        with contextlib.suppress(ValueError):
+            return round(datetime.fromisoformat(ts).timestamp() * 1000)
+    return round(fallback_s * 1000)
+
+
+def _phases(fields: dict[str, Any], values: Any, name: str, unit: str) -> None:
+    if isinstance(values, list):
+        for n, v in enumerate(values[:3], start=1):
+            fields[f"{name}_l{n}_{unit}"] = v
+
+
+def state_fields(kind: str, st: Mapping[str, Any]) -> dict[str, Any]:
+    """Numeric fields of one device's STATE; an offline device reports only `online=0`."""
+    if not st.get("online", True):
+        return {"online": False}
+    f: dict[str, Any] = {"online": st.get("online")}
+    if kind == "meter":
+        demand_w = st.get("demand_w")
+        f |= {k: st.get(k) for k in ("power_w", "energy_kwh", "pf", "freq_hz")}
+        if isinstance(demand_w, int | float) and not isinstance(demand_w, bool):
+            f["demand_kw"] = demand_w / 1000
+        _phases(f, st.get("voltage_v"), "voltage", "v")
+        _phases(f, st.get("current_a"), "current", "a")
+        _phases(f, st.get("power_phase_w"), "power", "w")
+    elif kind == "ac":
+        f |= {"on": st.get("power_on"), "power_w": st.get("power_w"), "room_temp_c": st.get("room_temp_c"),
+              "setpoint_c": st.get("setpoint_c")}
+        if "fault" in st:
+            f["fault"] = st["fault"] is not None
+    else:  # relay channels: light, fan, door
+        f["on"] = st.get("on")
+    return f
+
+
+@dataclass(frozen=True, slots=True)
+class _Device:
+    measurement: str
+    kind: str
+    tags: dict[str, str | None]
+
+
+def devices_of(cfg: Config) -> dict[str, _Device]:
+    """Which devices become telemetry, with their measurement and tags."""
+    site = {"school": cfg.site.school_id, "gateway": cfg.site.gateway_id}
+    names = {r.id: r.name for r in cfg.rooms}
+    out: dict[str, _Device] = {}
+    for d in cfg.devices:
+        room = getattr(d, "room", None)
+        where = {"room": room, "room_name": names.get(room or "")}
+        if isinstance(d, ModbusDevice) and d.kind == "meter":
+            out[d.id] = _Device("meter", "meter", {**site, "device": d.id})
+        elif isinstance(d, ModbusDevice) and d.kind == "ac":
+            out[d.id] = _Device("ac", "ac", {**site, "device": d.id, **where})
+        elif isinstance(d, RelayChannel):
+            out[d.id] = _Device("relay", "relay", {**site, "device": d.id, "kind": d.kind, **where})
+    return out  # relay boards publish a list of channels; their channel devices carry the telemetry
+
+
+# -- sampling -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Sampler:
+    """One device: at most one point per aligned window (its last value); on/online flips go out at once."""
+
+    window_ms: int
+    pending: Point | None = None       # the newest point of the current window, not yet handed out
+    last: Point | None = None          # the last point handed out
+    flags: tuple[float | None, float | None] | None = None
+    replaced: int = 0                  # points superseded by a newer one in their window
+
+    def offer(self, p: Point) -> list[Point]:
+        fields = dict(p.fields)
+        flags = (fields.get("on"), fields.get("online"))
+        flipped = self.flags is not None and flags != self.flags
+        self.flags = flags
+        if flipped or self.last is None:   # a flip, or a device's first point: now
+            return self._out([*self._take(), p])
+        if self.pending is not None and self.pending.ts_ms // self.window_ms != p.ts_ms // self.window_ms:
+            out = self._out(self._take())
+            self.pending = p
+            return out
+        if self.pending is not None:
+            self.replaced += 1
+        self.pending = p
+        return []
+
+    def due(self, now_ms: int, heartbeat_ms: int) -> list[Point]:
+        """The pending point once its window is over; a repeat of the last one after `heartbeat_ms` of silence."""
+        if self.pending is not None and now_ms // self.window_ms != self.pending.ts_ms // self.window_ms:
+            return self._out(self._take())
+        if self.pending is None and self.last is not None and now_ms - self.last.ts_ms >= heartbeat_ms:
+            return self._out([Point(self.last.measurement, self.last.tags, self.last.fields, now_ms)])
+        return []
+
+    def _take(self) -> list[Point]:
+        p, self.pending = self.pending, None
+        return [] if p is None else [p]
+
+    def _out(self, points: list[Point]) -> list[Point]:
+        if points:
+            self.last = points[-1]
+        return points
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    outcome: Outcome
+    status: int | None              # None: no answer (network error)
+    retry_after_s: float | None = None
+    detail: str = ""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, delta), RETRY_AFTER_MAX_S)
+
+
+def classify(status: int) -> Outcome:
+    """What to do with a batch after this HTTP status."""
+    if 200 <= status < 300:
+        return "ok"
+    if status == 429 or status >= 500:
+        return "retry"
+    if status in (401, 403, 404):
+        return "auth"
+    if status == 413:
+        return "too_large"
+    return "drop"
+
+
+def write_url(influx: InfluxConfig) -> str:
+    q = urlencode({"org": influx.org, "bucket": influx.bucket, "precision": "ms"})
+    return f"{influx.url.rstrip('/')}/api/v2/write?{q}"
+
+
+def post_write(url: str, body: bytes, token: str | None, *, timeout_s: float = HTTP_TIMEOUT_S,
+               content_encoding: str = "gzip") -> WriteResult:
+    """One blocking POST of a gzip line-protocol body (run it in a worker thread)."""
+    u = urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(u.hostname or "", u.port, timeout=timeout_s)
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": content_encoding,
+               "Accept": "application/json", "User-Agent": "campus-edge"}
+    if token:
+        headers["Authorization"] = f"Token {token}"
+    try:
+        conn.request("POST", f"{u.path}?{u.query}", body=body, headers=headers)
+        resp = conn.getresponse()
+        detail = resp.read(2048).decode("utf-8", "replace").strip()
+        retry_after = parse_retry_after(resp.getheader("Retry-After"))
+        return WriteResult(classify(resp.status), resp.status, retry_after, detail)
+    except (OSError, http.client.HTTPException) as exc:
+        return WriteResult("retry", None, None, f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+# -- the service --------------------------------------------------------------------------------
+@dataclass(slots=True)
+class TelemetryStats:
+    points: int = 0                 # built from state messages and write_ems
+    sampled_out: int = 0            # replaced within their window by a newer value
+    sent: int = 0                   # acknowledged by a 2xx
+    rejected: int = 0               # dropped after a 4xx (not 429/401/403/404/413)
+    requests: int = 0
+    failures: int = 0               # retryable failures (network, 5xx, 429, auth)
+    bytes_sent: int = 0             # gzip bodies of successful requests
+    buffered: int = 0               # points that went to the durable buffer
+    last_error: str = ""
+    buffer: dict[str, Any] = field(default_factory=dict)
+
+
+class TelemetryWriter:
+    """`async with TelemetryWriter(cfg, bus, storage_dir=..., clock=...) as tw:` runs the writer."""
+
+    def __init__(self, cfg: Config, events: EventBus, *, storage_dir: str | Path, clock: Clock,
+                 flush_s: float = 10.0, sample_s: Mapping[str, float] | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, max_bytes: int = DEFAULT_MAX_BYTES,
+                 batch_lines: int = BATCH_LINES, backoff_min_s: float = BACKOFF_MIN_S,
+                 backoff_max_s: float = BACKOFF_MAX_S, auth_backoff_s: float = AUTH_BACKOFF_S,
+                 timeout_s: float = HTTP_TIMEOUT_S) -> None:
+        if cfg.cloud is None or cfg.cloud.influx is None:
+            raise ValueError("TelemetryWriter needs cloud.influx in the configuration")
+        self.influx = cfg.cloud.influx
+        self.url = write_url(self.influx)
+        self.cfg = cfg
+        self.events = events
+        self.clock = clock
+        self.flush_s = flush_s
+        self.heartbeat_ms = round(heartbeat_s * 1000)
+        self.batch_lines = batch_lines
+        self.backoff_min_s, self.backoff_max_s, self.auth_backoff_s = backoff_min_s, backoff_max_s, auth_backoff_s
+        self.timeout_s = timeout_s
+        windows = {**DEFAULT_SAMPLE_S, **(sample_s or {})}
+        self._devices = devices_of(cfg)
+        self._samplers = {dev_id: _Sampler(max(1, round(windows[d.kind] * 1000)))
+                          for dev_id, d in self._devices.items()}
+        self._site = {"school": cfg.site.school_id, "gateway": cfg.site.gateway_id}
+        self.buffer = Outbox(Path(storage_dir) / "telemetry.db", max_bytes=max_bytes, clock=clock)
+        self.stats_ = TelemetryStats()
+        self._memory: list[tuple[str, str]] = []    # (device or "ems", line) not yet sent nor buffered
+        self._token: str | None = None
+        self._wake = asyncio.Event()
+        self._sub: Subscription | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._bg: list[asyncio.Task[None]] = []
+        self._failing = False
+        self._fail_streak = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> TelemetryWriter:
+        self._sub = self.events.subscribe("state", name="telemetry")
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._bg = [self._tasks.create_task(self._ingest(self._sub), name="telemetry-ingest"),
+                    self._tasks.create_task(self._sender(), name="telemetry-send")]
+        pending = self.buffer.stats().pending["telemetry"]
+        log.info("telemetry to %s: %d points buffered from before", self.url, pending)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tasks is not None
+        assert self._sub is not None
+        for t in self._bg:
+            t.cancel()
+        await self._tasks.__aexit__(None, None, None)
+        self.events.unsubscribe(self._sub)
+        while not self._sub.queue.empty():
+            self._on_message(self._sub.queue.get_nowait())
+        self._close_windows(force=True)
+        try:
+            await asyncio.wait_for(self.flush(), STOP_FLUSH_S)
+        except TimeoutError:
+            log.warning("telemetry: server slow at shutdown; points stay buffered")
+        finally:
+            self._persist()
+            self.buffer.close()
+
+    # -- producing -------------------------------------------------------------------------------
+    def write_ems(self, block_avg_kw: float, projected_kw: float, contract_kw: float, shed_units: int) -> None:
+        """One `ems` point now (the EMS calls this once per decision)."""
+        p = make_point("ems", self._site, {"block_avg_kw": block_avg_kw, "projected_kw": projected_kw,
+                                           "contract_kw": contract_kw, "shed_units": shed_units},
+                       round(self.clock.time() * 1000))
+        if p is not None:
+            self.stats_.points += 1
+            self._emit("ems", [p])
+
+    def write_point(self, key: str, p: Point) -> None:
+        """Any other point, unsampled (`key` groups it for thinning when the buffer is full)."""
+        self._emit(key, [p])
+
+    async def _ingest(self, sub: Subscription) -> None:
+        async for msg in sub:
+            self._on_message(msg)
+
+    def _on_message(self, msg: Message) -> None:
+        dev = self._devices.get(msg.key)
+        if msg.topic != "state" or dev is None:
+            return
+        p = make_point(dev.measurement, dev.tags, state_fields(dev.kind, msg.payload),
+                       state_ts_ms(msg.payload, msg.ts))
+        if p is None:
+            return
+        self.stats_.points += 1
+        sampler = self._samplers[msg.key]
+        before = sampler.replaced
+        self._emit(msg.key, sampler.offer(p))
+        self.stats_.sampled_out += sampler.replaced - before
+
+    def _emit(self, key: str, points: Sequence[Point]) -> None:
+        self._memory += [(key, p.line()) for p in points]
+        if len(self._memory) >= MEMORY_MAX_LINES:
+            self._persist()
+            self._wake.set()
+
+    def _close_windows(self, force: bool = False) -> None:
+        now_ms = round(self.clock.time() * 1000)
+        for key, s in self._samplers.items():
+            if force and s.pending is not None:
+                self._emit(key, s._take())
+            else:
+                self._emit(key, s.due(now_ms, self.heartbeat_ms))
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def _sender(self) -> None:
+        delay = self.flush_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+            self._close_windows()
+            retry_in = await self.flush()
+            delay = self.flush_s if retry_in is None else retry_in
+
+    async def flush(self) -> float | None:
+        """Send what is due: memory first if nothing is buffered, then the buffer. Seconds to back off, or None.
+
+        Lines leave `_memory` only once answered (or buffered), so a cancellation loses nothing.
+        """
+        if self._memory and not self._failing and not self.buffer.stats().pending["telemetry"]:
+            while self._memory:
+                chunk = [line for _, line in self._memory[:self.batch_lines]]
+                res = await self._post(chunk)
+                if res.outcome in ("ok", "drop"):
+                    del self._memory[:len(chunk)]  # the ingest task only appends meanwhile
+                    if res.outcome == "ok":
+                        self.stats_.sent += len(chunk)
+                    else:
+                        self._reject(len(chunk), res)
+                    continue
+                self._persist()
+                return self._backoff(res)
+        self._persist()
+        return await self._drain()
+
+    async def _drain(self) -> float | None:
+        limit = self.batch_lines
+        while True:
+            batch = await self.buffer.next_batch(limit)
+            if not batch:
+                self._failing = False
+                return None
+            res = await self._post([m.payload.decode() for m in batch])
+            if res.outcome == "ok":
+                await self.buffer.aack([m.seq for m in batch])
+                self.stats_.sent += len(batch)
+                continue
+            if res.outcome == "drop" or (res.outcome == "too_large" and len(batch) == 1):
+                await self.buffer.aack([m.seq for m in batch])
+                self._reject(len(batch), res)
+                continue
+            self.buffer.rewind()
+            if res.outcome == "too_large":
+                limit = max(1, len(batch) // 2)
+                continue
+            return self._backoff(res)
+
+    async def _post(self, lines: list[str]) -> WriteResult:
+        body = encode_body(lines)
+        token = self._read_token()
+        res = await asyncio.to_thread(post_write, self.url, body, token, timeout_s=self.timeout_s)
+        self.stats_.requests += 1
+        if res.outcome == "ok":
+            self.stats_.bytes_sent += len(body)
+            self._fail_streak = 0
+            if self._failing:
+                log.info("telemetry: %s answers again", self.url)
+        return res
+
+    def _reject(self, n: int, res: WriteResult) -> None:
+        self.stats_.rejected += n
+        self.stats_.last_error = f"HTTP {res.status}: {res.detail}"
+        log.error("telemetry: %d points refused by %s (HTTP %s: %s); dropped", n, self.url, res.status,
+                  res.detail[:200])
+
+    def _backoff(self, res: WriteResult) -> float:
+        self.stats_.failures += 1
+        self.stats_.last_error = f"HTTP {res.status}: {res.detail}" if res.status else res.detail
+        if res.outcome == "auth":
+            self._token = None  # re-read the token file: it may have been fixed
+            step = self.auth_backoff_s
+        else:
+            step = min(self.backoff_max_s, self.backoff_min_s * 2 ** min(self._fail_streak, 16))
+            self._fail_streak += 1
+        wait = step * (1 - BACKOFF_JITTER * random.random())
+        if res.retry_after_s is not None:
+            wait = max(wait, res.retry_after_s)
+        if not self._failing or res.outcome == "auth":
+            log.warning("telemetry: %s; buffering, next attempt in %.1f s", self.stats_.last_error, wait)
+        self._failing = True
+        return wait
+
+    def _persist(self) -> None:
+        if not self._memory:
+            return
+        lines, self._memory = self._memory, []
+        self.buffer.put_many((key, line.encode(), "telemetry", "") for key, line in lines)
+        self.stats_.buffered += len(lines)
+
+    def _read_token(self) -> str | None:
+        if self._token is None and self.influx.token_file is not None:
+            try:
+                self._token = Path(self.influx.token_file).read_text().strip()
+            except OSError as exc:
+                log.error("telemetry: cannot read token file %s: %s", self.influx.token_file, exc)
+        return self._token
+
+    def stats(self) -> TelemetryStats:
+        b = self.buffer.stats()
+        self.stats_.buffer = {"pending": b.pending["telemetry"], "bytes": b.bytes_used, "max_bytes": b.max_bytes,
+                              "thinned": b.telemetry_thinned, "dropped": b.telemetry_dropped}
+        return self.stats_
