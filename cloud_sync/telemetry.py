@@ -334,6 +334,7 @@ class TelemetryWriter:
         self.buffer = Outbox(Path(storage_dir) / "telemetry.db", max_bytes=max_bytes, clock=clock)
         self.stats_ = TelemetryStats()
         self._memory: list[tuple[str, str]] = []    # (device or "ems", line) not yet sent nor buffered
+        self._sending: list[tuple[str, str]] = []   # taken from _memory by a POST still in flight
         self._token: str | None = None
         self._wake = asyncio.Event()
         self._sub: Subscription | None = None
@@ -359,6 +360,7 @@ class TelemetryWriter:
         for t in self._bg:
             t.cancel()
         await self._tasks.__aexit__(None, None, None)
+        self._unsend()  # cancelled mid-POST: maybe delivered, maybe not; at-least-once says send again
         self.events.unsubscribe(self._sub)
         while not self._sub.queue.empty():
             self._on_message(self._sub.queue.get_nowait())
@@ -368,6 +370,7 @@ class TelemetryWriter:
         except TimeoutError:
             log.warning("telemetry: server slow at shutdown; points stay buffered")
         finally:
+            self._unsend()
             self._persist()
             self.buffer.close()
 
@@ -419,33 +422,41 @@ class TelemetryWriter:
 
     # -- sending ---------------------------------------------------------------------------------
     async def _sender(self) -> None:
-        delay = self.flush_s
+        # Wakes every flush_s even while backing off: what came in meanwhile goes to disk, so a long
+        # Retry-After or an auth failure does not leave minutes of points in memory only.
+        retry_at: float | None = None
         while True:
+            delay = self.flush_s if retry_at is None else max(0.0, min(self.flush_s, retry_at - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
             self._close_windows()
+            if retry_at is not None and time.monotonic() < retry_at:
+                self._persist()
+                continue
             retry_in = await self.flush()
-            delay = self.flush_s if retry_in is None else retry_in
+            retry_at = None if retry_in is None else time.monotonic() + retry_in
 
     async def flush(self) -> float | None:
         """Send what is due: memory first if nothing is buffered, then the buffer. Seconds to back off, or None.
 
-        Lines leave `_memory` only once answered (or buffered), so a cancellation loses nothing.
+        A line in flight from memory is in `_sending` until answered; a cancellation puts it back.
         """
         if self._memory and not self._failing and not self.buffer.stats().pending["telemetry"]:
             while self._memory:
-                chunk = [line for _, line in self._memory[:self.batch_lines]]
-                res = await self._post(chunk)
-                if res.outcome in ("ok", "drop"):
-                    del self._memory[:len(chunk)]  # the ingest task only appends meanwhile
-                    if res.outcome == "ok":
-                        self.stats_.sent += len(chunk)
-                    else:
-                        self._reject(len(chunk), res)
-                    continue
-                self._persist()
-                return self._backoff(res)
+                # out of `_memory` while in flight (`_persist` may run meanwhile), back in unless answered
+                self._sending, self._memory = self._memory[:self.batch_lines], self._memory[self.batch_lines:]
+                res = await self._post([line for _, line in self._sending])
+                if res.outcome == "ok":
+                    self.stats_.sent += len(self._sending)
+                    self._sending = []
+                elif res.outcome == "drop":
+                    self._reject(len(self._sending), res)
+                    self._sending = []
+                else:
+                    self._unsend()
+                    self._persist()
+                    return self._backoff(res)
         self._persist()
         return await self._drain()
 
@@ -505,6 +516,10 @@ class TelemetryWriter:
             log.warning("telemetry: %s; buffering, next attempt in %.1f s", self.stats_.last_error, wait)
         self._failing = True
         return wait
+
+    def _unsend(self) -> None:
+        """A POST from memory that got no usable answer (or was cancelled): its lines are due again."""
+        self._memory, self._sending = self._sending + self._memory, []
 
     def _persist(self) -> None:
         if not self._memory:

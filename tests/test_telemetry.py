@@ -253,13 +253,18 @@ class Scripted:
     script: list[tuple[int, dict[str, str]]]
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    first_delay_s: float = 0.0
+    arrived: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
         lines = head.split("\r\n")
         headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:] if h)}
         body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.arrived += 1
         status, extra = self.script.pop(0) if self.script else (204, {})
+        if not self.requests and self.first_delay_s:
+            await asyncio.sleep(self.first_delay_s)
         self.requests.append({"at": time.monotonic(), "target": lines[0].split()[1], "headers": headers,
                               "lines": gzip.decompress(body).decode().splitlines(), "status": status})
         hdrs = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
@@ -340,3 +345,21 @@ async def test_buffer_bound_drops_oldest_with_counters(tmp_path: Path) -> None:
     assert powers == sorted(powers)
     assert powers[-1] >= 396  # the newest survive (thinning keeps one in four near the bound) ...
     assert powers[0] > 0      # ... and the oldest went first
+
+
+async def test_memory_overflow_while_a_post_is_in_flight_loses_and_repeats_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cloud_sync.telemetry.MEMORY_MAX_LINES", 20)
+    srv = Scripted([], first_delay_s=0.3)
+    bus = EventBus()
+    t0 = round(time.time(), 3)
+    async with srv.serve() as url, writer(make_cfg(url, "gw-m"), bus, tmp_path) as tw:
+        bus.publish(Message("state", "meter-main", meter_state(t0, 0.0), t0))
+        await until(lambda: srv.arrived == 1)
+        for i in range(1, 200):  # the first POST is still waiting for its answer: memory spills to disk
+            bus.publish(Message("state", "meter-main", meter_state(t0 + i / 100, float(i)), t0 + i / 100))
+            await asyncio.sleep(0)
+        await until(lambda: tw.stats().sent == 200)
+        assert tw.stats().buffered > 0
+    sent = [float(x.split("power_w=")[1].split(",")[0]) for r in srv.requests for x in r["lines"]]
+    assert sorted(sent) == [float(i) for i in range(200)]
