@@ -57,8 +57,8 @@ class LinkSettings:
     key_file: Path | None = None
     keepalive_s: int = 30
     protocol: Protocol = "3.1.1"
-    backoff_min_s: float = BACKOFF_MIN_S
-    backoff_max_s: float = BACKOFF_MAX_S
+    backoff_min_s: float | None = None   # None: the module's BACKOFF_MIN_S / BACKOFF_MAX_S at connect time
+    backoff_max_s: float | None = None
 
     @classmethod
     def from_config(cls, mqtt: MqttConfig, default_client_id: str, **overrides: Any) -> LinkSettings:
@@ -161,7 +161,9 @@ class MqttLink:
 
     async def run(self, session: Session) -> None:
         """Connect, run `session`, and on any connection loss wait (backoff) and do it again."""
-        backoff = Backoff(self.settings.backoff_min_s, self.settings.backoff_max_s)
+        s = self.settings
+        backoff = Backoff(BACKOFF_MIN_S if s.backoff_min_s is None else s.backoff_min_s,
+                          BACKOFF_MAX_S if s.backoff_max_s is None else s.backoff_max_s)
         target = f"{self.settings.host}:{self.settings.port}"
         while True:
             up_since: float | None = None
