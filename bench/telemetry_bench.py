@@ -148,7 +148,7 @@ async def pipeline(url: str, n: int, devices: int, tmp: Path) -> dict[str, Any]:
     bus = EventBus()
     t0 = time.time() - 3600
     async with TelemetryWriter(bench_cfg(url, devices), bus, storage_dir=tmp, clock=SystemClock(), flush_s=0.2,
-                               sample_s={"meter": 0.001, "ac": 0.001}) as tw:
+                               sample_s={"meter": 0.001, "ac": 0.001}, heartbeat_s=86_400) as tw:
         start = time.perf_counter()
         for i in range(n):
             d = i % devices
