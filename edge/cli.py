@@ -135,6 +135,12 @@ def cmd_modbus(args: argparse.Namespace) -> int:
     return run_modbus_cli(args)
 
 
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from cloud_sync.ctl import run_ctl
+
+    return run_ctl(args)
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="campus-edge",
@@ -183,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_modbus_arguments(p)
     p.set_defaults(func=cmd_modbus)
+
+    p = sub.add_parser("ctl", help="app-side reference client: sign and send commands, watch results and events")
+    from cloud_sync.ctl import add_ctl_arguments
+
+    add_ctl_arguments(p)
+    p.set_defaults(func=cmd_ctl)
     return ap
 
 
