@@ -312,3 +312,71 @@ async def test_broker_outage_reconnects_republishes_and_delivers_events_in_order
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+STATE_SCHEMA = {"ac": "AcState", "meter": "MeterState", "relay": "RelayBoardState", "light": "ChannelState",
+                "fan": "ChannelState", "door": "ChannelState"}
+
+
+def asyncapi_validator(schema: str) -> Any:
+    import jsonschema
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).parent.parent / "docs" / "asyncapi.yaml").read_text(encoding="utf-8"))
+    root = {"components": doc["components"], "$ref": f"#/components/schemas/{schema}"}
+    return jsonschema.Draft202012Validator(root, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+async def test_payloads_of_a_running_daemon_match_the_asyncapi_document(
+        site: tuple[VirtualSchool, Daemon, Watcher], keys: tuple[Path, Path]) -> None:
+    school, daemon, w = site
+    t = w.topics
+    key = load_private_key(keys[0])
+    sent = [claims(target="ac-301a", params={"power_on": True, "mode": "cool", "setpoint_c": 26, "fan": "auto"}),
+            claims(role="teacher", sub="T1", rooms=["301"], target="301", params={"setpoint_c": 27}),
+            claims(action="relay.set", target="light-301", params={"on": True}),
+            claims(action="door.unlock", target="door-101", params={"seconds": 1}),
+            claims(action="alarm.set", target="site", params={"levels": [{"level": "warning", "demand_kw": 170}]}),
+            claims(action="booking.put", target="301", params={"id": "b9", "start": "2026-06-16T08:00:00+08:00",
+                                                               "end": "2026-06-16T09:00:00+08:00"}),
+            claims(action="booking.delete", target="301", params={"id": "b9"}),
+            claims(action="access.put", target="site", params={"version": 3, "cards": [
+                {"card": "13961168", "person": "S1001", "doors": ["door-101"],
+                 "windows": [{"days": "mon-fri", "from": "07:00", "to": "18:00"}], "valid_until": "2027-07-31"}]}),
+            claims(params={"setpoint_c": 30})]
+    for c in sent:
+        assert not list(asyncapi_validator("CommandClaims").iter_errors(c)), c
+        token = sign_command(key, c)
+        assert asyncapi_validator("Jws").is_valid(token)
+        await w.send(token)
+    await w.send(b"garbage")
+    for c in sent:
+        await w.result(c["jti"])
+    school.set_fault("relay-1", "silent")
+    await w.wait_for(lambda tt, b, _r: tt == t.event("fault") and b["device"] == "relay-1" and b["code"] == "offline",
+                     15)
+    failed = claims(action="relay.set", target="light-301", params={"on": False})
+    await w.send(sign_command(key, failed))
+    assert (await w.result(failed["jti"]))["status"] == "failed"
+
+    checked: dict[str, int] = {}
+    for topic, body, _retained in w.messages:
+        kind = t.kind_of(topic)
+        if kind == "status":
+            schema = "Status"
+        elif kind == "state":
+            schema = STATE_SCHEMA[daemon.kind_of[topic.rsplit("/", 1)[1]]]
+        elif kind == "event":
+            schema = {"fault": "FaultEvent", "door": "DoorEvent"}[topic.rsplit("/", 1)[1]]
+        elif kind == "result":
+            schema = "Result"
+        else:
+            assert kind == "cmd"
+            continue
+        errors = [e.message for e in asyncapi_validator(schema).iter_errors(body)]
+        assert not errors, (topic, body, errors)
+        checked[schema] = checked.get(schema, 0) + 1
+    assert set(checked) == {"Status", "AcState", "MeterState", "RelayBoardState", "ChannelState", "FaultEvent",
+                            "DoorEvent", "Result"}, checked
+    statuses = {b["status"] for tt, b, _ in w.messages if tt == t.cmd_result}
+    assert statuses == {"ok", "rejected", "failed"}
