@@ -56,6 +56,7 @@ class Daemon:
         self.profiles: dict[str, Profile] = {}
         self.modbus: ModbusEngine | None = None
         self.cloud: Any = None
+        self.telemetry: Any = None
         self.kind_of: dict[str, str] = {}
         self.channels_of: dict[str, list[Channel]] = {}
         self.channel_devices: dict[str, Channel] = {}
@@ -111,6 +112,11 @@ class Daemon:
             from cloud_sync.service import CloudService  # only sites with a cloud pay for MQTT and crypto
 
             self.cloud = await self._exit.enter_async_context(CloudService(self))
+            if self.cfg.cloud.influx is not None:
+                from cloud_sync.telemetry import TelemetryWriter  # only sites with an Influx pay for it
+
+                self.telemetry = await self._exit.enter_async_context(
+                    TelemetryWriter(self.cfg, self.bus, storage_dir=Path(self.cfg.storage.path), clock=self.clock))
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
