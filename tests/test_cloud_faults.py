@@ -1,0 +1,195 @@
+"""Fault injection with real processes: broker killed during activity, daemon SIGKILLed during the outage.
+
+`campus-edge simulate` and `campus-edge run` are subprocesses; the app side is in this process.
+Afterwards every event the daemon logged is delivered (de-duplicated by id) in order, and the command
+sent before the outage was carried out once and is refused as a replay after the restart.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import yaml
+from conftest import free_port
+from mqtt_broker import Broker, small_school
+
+from cloud_sync.keys import generate_keypair, load_private_key, sign_command
+from cloud_sync.topics import Topics
+from edge.config import load_config
+
+pytestmark = pytest.mark.timeout(60)
+CLI = [sys.executable, "-m", "edge.cli"]
+EVENT_LINE = re.compile(r"daemon: event (\w+) (\{.*\})$")
+
+
+@asynccontextmanager
+async def process(args: list[str], log: Path, ready: str = "READY") -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child in its own session; yields once it printed `ready`; killed (SIGKILL) and reaped at the end."""
+    with log.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=err,
+                                                    start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(15):
+            while True:
+                line = await proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"{args} exited; see {log}")
+                if line.startswith(ready.encode()):
+                    break
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+class App:
+    """The cloud side: keeps every message under P/#."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self.messages: list[tuple[str, Any]] = []
+        self.new = asyncio.Event()
+
+    async def listen(self, port: int, ident: str, subscribed: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier=ident) as c:
+            await c.subscribe(self.topics.all, qos=1)
+            subscribed.set()
+            async for m in c.messages:
+                raw = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                try:
+                    self.messages.append((str(m.topic), json.loads(raw)))
+                except ValueError:
+                    self.messages.append((str(m.topic), raw))
+                self.new.set()
+
+    async def wait_for(self, pred: Any, within_s: float = 15.0, since: int = 0) -> Any:
+        async with asyncio.timeout(within_s):
+            while True:
+                for t, b in self.messages[since:]:
+                    if pred(t, b):
+                        return b
+                self.new.clear()
+                await self.new.wait()
+
+
+@asynccontextmanager
+async def app_session(app: App, port: int) -> AsyncIterator[None]:
+    subscribed = asyncio.Event()
+    task = asyncio.create_task(app.listen(port, f"app-{uuid.uuid4().hex[:6]}", subscribed), name="app")
+    try:
+        async with asyncio.timeout(5):
+            await subscribed.wait()
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def logged_events(log: Path) -> list[tuple[str, str, str]]:
+    out = []
+    for line in log.read_text().splitlines():
+        m = EVENT_LINE.search(line)
+        if m:
+            body = ast.literal_eval(m.group(2))
+            out.append((m.group(1), str(body.get("device")), str(body.get("code"))))
+    return out
+
+
+async def ctl(*args: str) -> tuple[int, dict[str, Any] | None]:
+    proc = await asyncio.create_subprocess_exec(*CLI, "ctl", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, _err = await proc.communicate()
+    assert proc.returncode is not None
+    text = out.decode().strip()
+    return proc.returncode, json.loads(text) if text else None
+
+
+async def test_broker_killed_and_daemon_sigkilled_during_outage(tmp_path: Path) -> None:
+    generate_keypair(tmp_path / "cloud.pem", tmp_path / "cloud.pub")
+    broker = Broker(tmp_path / "mosquitto")
+    cfg_path = tmp_path / "site.yaml"
+    cfg_path.write_text(yaml.safe_dump(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
+                                                    pub_key=tmp_path / "cloud.pub")))
+    topics = Topics.for_config(load_config(cfg_path))
+    app = App(topics)
+    sim_log, gw_log = tmp_path / "simulate.log", tmp_path / "daemon.log"
+    simulate = [*CLI, "simulate", "--config", str(cfg_path)]
+    run = [*CLI, "run", "--config", str(cfg_path), "--status-port", "0"]
+    key_args = ["--key", str(tmp_path / "cloud.pem"), "--config", str(cfg_path), "--wait", "10"]
+    try:
+        broker.restart()
+        async with app_session(app, broker.port), process(simulate, sim_log) as sim, process(run, gw_log):
+            await app.wait_for(lambda t, b: t == topics.status and b.get("online") is True)
+            await app.wait_for(lambda t, b: t == topics.state("relay-1") and b.get("online") is True)
+            rc, res = await ctl("ac", "ac-301a", "--on", "--setpoint", "26", *key_args)
+            assert rc == 0, res
+            assert res is not None
+            jti = res["id"]
+            rc, bad = await ctl("ac", "ac-302a", "--setpoint", "18", *key_args)
+            assert rc == 1
+            assert bad is not None
+            assert bad["code"] == "out_of_range"
+            # the outage: broker gone, then the devices (events pile up in the outbox), then the daemon
+            broker.stop()
+            sim.send_signal(signal.SIGTERM)
+            await sim.wait()
+            deadline = time.monotonic() + 15
+            while not {"ac-301a", "meter-main", "relay-1"} <= {d for _k, d, c in logged_events(gw_log)
+                                                                if c == "offline"}:
+                assert time.monotonic() < deadline, logged_events(gw_log)
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # the outage goes on a little; the pump stores what the bus holds
+        before = logged_events(gw_log)
+        broker.restart()
+        mark = len(app.messages)
+        async with app_session(app, broker.port), process(simulate, sim_log), process(run, gw_log):
+            await app.wait_for(lambda t, b: t == topics.status and b.get("online") is True, since=mark)
+            await app.wait_for(lambda t, b: t == topics.state("relay-1") and b.get("online") is True, since=mark)
+            expected = logged_events(gw_log)
+            assert len(expected) > len(before)
+            # the outage's offline events and the restart's online events all arrive
+            await app.wait_for(lambda t, b: sum(1 for _ in unique_events(app)) >= len(logged_events(gw_log)), 20)
+            # the command before the crash was applied once; its token is now a replay
+            token = sign_command(load_private_key(tmp_path / "cloud.pem"), {
+                "jti": jti, "iat": int(time.time()), "exp": int(time.time()) + 60, "aud": "014601/gw-t",
+                "sub": "ctl", "role": "facility", "action": "ac.set", "target": "ac-301a",
+                "params": {"power_on": True}})
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="replayer") as c:
+                await c.publish(topics.cmd, token, qos=1)
+            replay = await app.wait_for(lambda t, b: t == topics.cmd_result and b.get("code") == "replayed")
+            assert replay["id"] == jti
+        expected = logged_events(gw_log)
+        got = [(b["kind"], str(b.get("device")), str(b.get("code"))) for b in unique_events(app)]
+        assert got == expected
+        executed = [ln for ln in gw_log.read_text().splitlines() if f"command {jti}:" in ln]
+        assert len(executed) == 1, executed
+        results = {b["id"] for t, b in app.messages if t == topics.cmd_result and b.get("code") == "ok"}
+        assert jti in results
+    finally:
+        broker.stop()
+
+
+def unique_events(app: App) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for t, b in app.messages:
+        if app.topics.kind_of(t) == "event" and isinstance(b, dict) and b["id"] not in seen:
+            seen.add(b["id"])
+            out.append(b)
+    return out
