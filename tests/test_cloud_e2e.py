@@ -380,3 +380,45 @@ async def test_payloads_of_a_running_daemon_match_the_asyncapi_document(
                             "DoorEvent", "Result"}, checked
     statuses = {b["status"] for tt, b, _ in w.messages if tt == t.cmd_result}
     assert statuses == {"ok", "rejected", "failed"}
+
+
+async def test_restart_recovers_unanswered_commands_without_applying_twice(
+        tmp_path: Path, broker: Broker, keys: tuple[Path, Path]) -> None:
+    from cloud_sync.commands import CommandJournal, result_payload
+
+    cfg = Config.model_validate(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
+                                             pub_key=keys[1]))
+    topics = Topics.for_config(cfg)
+    journal = CommandJournal(Path(cfg.storage.path) / "commands.db")
+    now = time.time()
+
+    def cmd(jti: str, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"jti": jti, "iat": now, "exp": now + 60, "aud": "014601/gw-t", "sub": "F1", "role": "facility",
+                "action": action, "target": target, "params": params, "kid": "k"}
+
+    # a crash after receipt (idempotent: re-applied), after receipt of a pulse (not repeated), after the result
+    journal.begin("r-ac", now + 60, cmd("r-ac", "ac.set", "ac-302a", {"power_on": True, "setpoint_c": 28}))
+    journal.begin("r-door", now + 60, cmd("r-door", "door.unlock", "door-101", {"seconds": 5}))
+    journal.begin("r-light", now + 60, cmd("r-light", "relay.set", "light-301", {"on": True}))
+    journal.applied("r-light", result_payload("r-light", "ok", "ok", "applied before the crash", now))
+    journal.close()
+    async with VirtualSchool(cfg, speed=1) as school, \
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="app-recovery") as app:
+        await app.subscribe(topics.cmd_result, qos=1)
+        w = Watcher(app, topics)
+        reader = asyncio.create_task(w.run(), name="test-watcher-r")
+        try:
+            async with Daemon(cfg, status_port=0) as daemon:
+                door = await w.result("r-door")
+                assert (door["status"], door["code"]) == ("failed", "write_failed")
+                light = await w.result("r-light")
+                assert light["message"] == "applied before the crash"
+                ac = await w.result("r-ac", 25)
+                assert ac["status"] == "ok", ac
+                assert school.ac("ac-302a").power_on is True
+                assert school.relay("relay-1") == (False,) * 8      # neither the door nor the light was driven
+                await until(lambda: not daemon.cloud.journal.pending(), 5)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+    assert sum(1 for t, b, _ in w.messages if t == topics.cmd_result) == 3
