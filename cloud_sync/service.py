@@ -87,7 +87,7 @@ def _moved(key: str, old: Any, new: Any) -> bool:
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return any(_moved(key, o, n) for o, n in zip(old, new, strict=True))
     if _num(old) and _num(new):
-        return bool(abs(new - old) >= max(band[0], band[1] * abs(old)))
+        return bool(abs(new - old) >= max(band[0], band[1] * abs(old)) - 1e-9)  # 28.2 - 28.0 < 0.2 in floats
     return True
 
 
