@@ -35,7 +35,9 @@ async def measure(port: int, topics: Topics, key_path: Path, units: int, n: int,
     key = load_private_key(key_path)
     rtts: list[float] = []
     codes: dict[str, int] = {}
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-app") as c:
+    from cloud_sync.link import SOCKET_OPTIONS
+
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-app", socket_options=SOCKET_OPTIONS) as c:
         await c.subscribe(topics.cmd_result, qos=1)
         # wait until the units are online (a command to an offline unit is answered at once)
         await asyncio.sleep(3.0)

@@ -142,8 +142,10 @@ def _target(args: argparse.Namespace) -> tuple[LinkSettings, Topics, str]:
 def _client(s: LinkSettings) -> aiomqtt.Client:
     import aiomqtt
 
+    from cloud_sync.link import SOCKET_OPTIONS
+
     return aiomqtt.Client(s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
-                          tls_context=s.ssl_context(), timeout=10,
+                          tls_context=s.ssl_context(), timeout=10, socket_options=SOCKET_OPTIONS,
                           protocol=aiomqtt.ProtocolVersion.V5 if s.protocol == "5" else aiomqtt.ProtocolVersion.V311)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,9 @@ CONNECT_TIMEOUT_S = 10.0
 # (10 by default) on every publish; with a window of 100 that is our normal, not a problem.
 MAX_INFLIGHT = 200
 PENDING_CALLS_THRESHOLD = 1000
+
+# paho leaves Nagle on: a small publish then waits for the peer's delayed ACK (~40 ms per hop on Linux).
+SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 Protocol = Literal["3.1.1", "5"]
 Category = Literal["status", "state", "event", "result", "cmd", "other"]
@@ -156,7 +160,7 @@ class MqttLink:
             identifier=settings.client_id, will=will, keepalive=settings.keepalive_s,
             protocol=aiomqtt.ProtocolVersion.V5 if settings.protocol == "5" else aiomqtt.ProtocolVersion.V311,
             tls_context=settings.ssl_context(), timeout=CONNECT_TIMEOUT_S, max_inflight_messages=MAX_INFLIGHT,
-            logger=logging.getLogger("campus_edge.mqtt"))
+            logger=logging.getLogger("campus_edge.mqtt"), socket_options=SOCKET_OPTIONS)
         self.client.pending_calls_threshold = PENDING_CALLS_THRESHOLD
 
     async def run(self, session: Session) -> None:
