@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from edge.config import Config, load_config
 from edge.http import get_json
 from edge.view import render_status
 
 READY_TIMEOUT_S = 30.0
+TEACHER = ("T123", "101", "ac-101a")  # the teacher, her classroom and its AC in the example school
 
 
 def example_config() -> Path:
@@ -42,6 +48,14 @@ class Child:
         self._fh = log.open("w", encoding="utf-8")
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self._fh, text=True,
                                      start_new_session=True)
+
+    def wait_port(self, port: int, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start; see {self.log}:\n{self.tail()}")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
         assert self.proc.stdout is not None
@@ -73,29 +87,80 @@ class Child:
         self._fh.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _broker(workdir: Path, env: dict[str, str]) -> tuple[Child, int]:
+    """A private mosquitto on a free loopback port, standing in for the city's cloud broker."""
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    + ("user root\n" if os.geteuid() == 0 else ""), encoding="utf-8")
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    broker = Child("broker", [exe, "-c", str(conf)], env, workdir / "mosquitto.log")
+    broker.wait_port(port)
+    return broker, port
+
+
+def _site_with_cloud(cfg_path: Path, workdir: Path, broker_port: int) -> tuple[Path, Path]:
+    """The demo config: the example school plus a cloud link to the private broker and a fresh key."""
+    from cloud_sync.keys import generate_keypair
+
+    priv, pub = workdir / "keys" / "cloud-ed25519.pem", workdir / "keys" / "cloud-ed25519.pub"
+    pub.parent.mkdir()
+    generate_keypair(priv, pub)
+    data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    data["cloud"] = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}"}, "command_keys": [str(pub)]}
+    data["profile_dirs"] = [str((cfg_path.parent / p).resolve()) for p in data.get("profile_dirs", [])]
+    site = workdir / "site.yaml"
+    site.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return site, priv
+
+
+def _teacher_switches_ac_on(site: Path, key: Path, env: dict[str, str]) -> str:
+    """What the app does when a teacher taps "AC on": a signed command through the broker."""
+    teacher, room, ac = TEACHER
+    argv = [sys.executable, "-m", "edge.cli", "ctl", "ac", ac, "--on", "--setpoint", "26", "--as",
+            f"teacher:{teacher}", "--rooms", room, "--key", str(key), "--config", str(site)]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+    try:
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        return (f"app: teacher {teacher} switched {ac} (room {room}) on at 26 °C -> "
+                f"{result.get('status')} {result.get('code')}")
+    except (ValueError, IndexError):
+        return f"app: teacher command failed: {out.stderr.strip()[-200:]}"
+
+
 def run_demo(config: str | None, speed: float | None = None, duration_s: float | None = None) -> int:
     cfg_path = Path(config) if config else example_config()
     workdir = Path(tempfile.mkdtemp(prefix="campus-edge-demo-"))
     env = {**os.environ, "CAMPUS_EDGE_RUN_DIR": str(workdir / "run"), "CAMPUS_EDGE_STATE_DIR": str(workdir / "state")}
     (workdir / "run").mkdir()
     os.environ.update({k: env[k] for k in ("CAMPUS_EDGE_RUN_DIR", "CAMPUS_EDGE_STATE_DIR")})
-    cfg = load_config(cfg_path)
     exe = [sys.executable, "-m", "edge.cli"]
-    sim_args = ["simulate", "--config", str(cfg_path)] + (["--speed", str(speed)] if speed else [])
     children: list[Child] = []
     try:
+        broker, broker_port = _broker(workdir, env)
+        children.append(broker)
+        site, key = _site_with_cloud(cfg_path, workdir, broker_port)
+        cfg = load_config(site)
+        sim_args = ["simulate", "--config", str(site)] + (["--speed", str(speed)] if speed else [])
         sim = Child("simulator", [*exe, *sim_args], env, workdir / "simulator.log")
         children.append(sim)
         sim.wait_ready()
-        daemon = Child("daemon", [*exe, "run", "--config", str(cfg_path), "--status-port", "0"], env,
+        daemon = Child("daemon", [*exe, "run", "--config", str(site), "--status-port", "0"], env,
                        workdir / "daemon.log")
         children.append(daemon)
         port = int(daemon.wait_ready().rsplit(":", 1)[1])
-        print(f"demo running: logs in {workdir}; status API on 127.0.0.1:{port}; Ctrl-C stops", flush=True)
-        _view(cfg, port, duration_s)
+        print(f"demo running: logs in {workdir}; broker 127.0.0.1:{broker_port}; status API 127.0.0.1:{port}",
+              flush=True)
+        _view(cfg, port, duration_s, lambda: _teacher_switches_ac_on(site, key, env))
     except KeyboardInterrupt:
         pass
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -107,16 +172,22 @@ def run_demo(config: str | None, speed: float | None = None, duration_s: float |
     return 0
 
 
-def _view(cfg: Config, port: int, duration_s: float | None) -> None:
+def _view(cfg: Config, port: int, duration_s: float | None, app_action: Callable[[], str]) -> None:
     start = time.monotonic()
     clear = sys.stdout.isatty()
+    note = "app: waiting for the devices to come online..."
+    acted = False
     while duration_s is None or time.monotonic() - start < duration_s:
         try:
             _code, body = asyncio.run(get_json("127.0.0.1", port, "/status"))
             page = render_status(body, cfg)
+            online = sum(1 for st in body["devices"].values() if st.get("online"))
+            if not acted and online >= len(body["devices"]) * 0.9:
+                acted = True
+                note = app_action()
         except OSError as exc:
             page = f"daemon not answering: {exc}"
         if clear:
             sys.stdout.write("\x1b[H\x1b[2J")
-        print(page, flush=True)
+        print(page + "\n" + note + "\nCtrl-C stops the demo", flush=True)
         time.sleep(2.0)
