@@ -76,7 +76,7 @@ class LinkSettings:
         base: dict[str, Any] = {
             "host": host, "port": port, "tls": tls, "client_id": mqtt.client_id or default_client_id,
             "username": mqtt.username, "password": password, "ca_file": mqtt.ca_file, "cert_file": mqtt.cert_file,
-            "key_file": mqtt.key_file, "keepalive_s": mqtt.keepalive_s,
+            "key_file": mqtt.key_file, "keepalive_s": mqtt.keepalive_s, "protocol": mqtt.protocol,
         }
         base.update(overrides)
         return cls(**base)

@@ -39,6 +39,7 @@ class MqttConfig(_M):
     key_file: Path | None = None
     client_id: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
 
 
 class InfluxConfig(_M):

@@ -88,10 +88,13 @@ class Daemon:
             self.kind_of[ch.id] = ch.kind
         self.modbus = ModbusEngine([(b, by_bus[b.id]) for b in self.cfg.buses if by_bus.get(b.id)], self,
                                    clock=self.clock)
-        for dev_id in self.kind_of:
+        for dev_id, kind in self.kind_of.items():
+            prof = self.profiles.get(dev_id)
+            blank = {"on": None} if prof is None else state_for(kind, {}, prof.channels or 0)
             prev = self.store.states.get(dev_id, {})
-            # state survives a restart but is not vouched for until a fresh reading arrives
-            self.states[dev_id] = {**prev, "online": False, "ts": prev.get("ts")}
+            # the last state survives a restart but is not vouched for until a fresh reading arrives
+            self.states[dev_id] = {**blank, **prev, "online": False,
+                                   "ts": prev.get("ts") or iso(self.started_at, self.tz)}
 
     @property
     def _engine(self) -> ModbusEngine:
