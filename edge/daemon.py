@@ -89,8 +89,8 @@ class Daemon:
         self.modbus = ModbusEngine([(b, by_bus[b.id]) for b in self.cfg.buses if by_bus.get(b.id)], self,
                                    clock=self.clock)
         for dev_id, kind in self.kind_of.items():
-            prof = self.profiles.get(dev_id)
-            blank = {"on": None} if prof is None else state_for(kind, {}, prof.channels or 0)
+            board = self.profiles.get(dev_id)
+            blank = {"on": None} if board is None else state_for(kind, {}, board.channels or 0)
             prev = self.store.states.get(dev_id, {})
             # the last state survives a restart but is not vouched for until a fresh reading arrives
             self.states[dev_id] = {**blank, **prev, "online": False,
