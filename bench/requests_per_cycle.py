@@ -94,7 +94,29 @@ class _Sink:
         self.health.append(health)
 
 
+async def watchdog(limit_s: float, main: asyncio.Task[Any]) -> None:
+    """A benchmark must not hang: after `limit_s` print every task's stack and cancel `main`."""
+    await asyncio.sleep(limit_s)
+    print(f"requests_per_cycle: still running after {limit_s:.0f} s; task stacks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            print(f"-- {task.get_name()}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+    main.cancel()
+
+
 async def on_the_wire(cfg: Config, window: float, warmup: float) -> dict[str, Any]:
+    """Runs `_on_the_wire` under a watchdog."""
+    main = asyncio.current_task()
+    assert main is not None
+    dog = asyncio.get_running_loop().create_task(watchdog(window + warmup + 30, main), name="watchdog")
+    try:
+        return await _on_the_wire(cfg, window, warmup)
+    finally:
+        dog.cancel()
+
+
+async def _on_the_wire(cfg: Config, window: float, warmup: float) -> dict[str, Any]:
     """Our engine against the in-process virtual school; the simulator counts what arrives."""
     from simulator.app import VirtualSchool
 

@@ -333,9 +333,14 @@ class ModbusBus:
         self._max_queue = max(self._max_queue, self._queue.qsize())
 
     async def _io_loop(self) -> None:
+        me = asyncio.current_task()
         while True:
             _prio, _seq, job = await self._queue.get()
             await job()
+            # Python 3.11's asyncio.wait_for (inside pymodbus' execute) swallows a cancel that lands
+            # just as the answer arrives; without this check the bus would never stop.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
 
     async def _submit(self, fn: Callable[[transport.Client], Awaitable[T]]) -> T:
         """Run `fn` with the bus to itself, ahead of every queued poll."""
