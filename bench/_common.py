@@ -20,6 +20,8 @@ RESULTS = ROOT / "bench" / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
+LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]  # the 1/5/15-min load when the benchmark began
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -41,7 +43,7 @@ def machine_info() -> dict[str, Any]:
         commit = ""
     return {"cpu_model": model, "cores": os.cpu_count(), "mem_total_mib": mem_mib, "kernel": platform.release(),
             "python": platform.python_version(), "implementation": platform.python_implementation(),
-            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "git_commit": commit}
+            "git_commit": commit}
 
 
 def command_line() -> str:
@@ -52,7 +54,8 @@ def document(name: str, started: float, **body: Any) -> dict[str, Any]:
     """The common head of every benchmark's JSON document."""
     return {"benchmark": name, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(time.time() - started, 1), "command": command_line(),
-            "machine": machine_info(), **body}
+            "machine": {**machine_info(), "load_avg_at_start": LOAD_AT_START,
+                        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}, **body}
 
 
 def emit(name: str, doc: dict[str, Any], out_dir: Path | None = None) -> Path:
@@ -122,3 +125,30 @@ def runnable_example(tmp: Path, source: Path | None = None) -> Path:
     out = tmp / "example-school.yaml"
     out.write_text(text)
     return out
+
+
+async def _watchdog(limit_s: float, main: Any) -> None:
+    import asyncio
+
+    await asyncio.sleep(limit_s)
+    print(f"benchmark still running after {limit_s:.0f} s; task stacks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            print(f"-- {task.get_name()}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+    main.cancel()
+
+
+def run_guarded(coro: Any, limit_s: float) -> Any:
+    """asyncio.run(coro), but a benchmark never hangs: after `limit_s` every task's stack is printed
+    and the run is cancelled (CancelledError)."""
+    import asyncio
+
+    async def guarded() -> Any:
+        dog = asyncio.get_running_loop().create_task(_watchdog(limit_s, asyncio.current_task()), name="watchdog")
+        try:
+            return await coro
+        finally:
+            dog.cancel()
+
+    return asyncio.run(guarded())

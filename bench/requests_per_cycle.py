@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import document, emit, runnable_example
+from _common import document, emit, run_guarded, runnable_example
 
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading
 from drivers.modbus.planner import DeviceSpec, ReadRequest, plan, plan_contiguous, plan_per_value
@@ -94,29 +94,7 @@ class _Sink:
         self.health.append(health)
 
 
-async def watchdog(limit_s: float, main: asyncio.Task[Any]) -> None:
-    """A benchmark must not hang: after `limit_s` print every task's stack and cancel `main`."""
-    await asyncio.sleep(limit_s)
-    print(f"requests_per_cycle: still running after {limit_s:.0f} s; task stacks:", file=sys.stderr)
-    for task in asyncio.all_tasks():
-        if task is not asyncio.current_task():
-            print(f"-- {task.get_name()}", file=sys.stderr)
-            task.print_stack(file=sys.stderr)
-    main.cancel()
-
-
 async def on_the_wire(cfg: Config, window: float, warmup: float) -> dict[str, Any]:
-    """Runs `_on_the_wire` under a watchdog."""
-    main = asyncio.current_task()
-    assert main is not None
-    dog = asyncio.get_running_loop().create_task(watchdog(window + warmup + 30, main), name="watchdog")
-    try:
-        return await _on_the_wire(cfg, window, warmup)
-    finally:
-        dog.cancel()
-
-
-async def _on_the_wire(cfg: Config, window: float, warmup: float) -> dict[str, Any]:
     """Our engine against the in-process virtual school; the simulator counts what arrives."""
     from simulator.app import VirtualSchool
 
@@ -180,7 +158,8 @@ def main() -> int:
         result["b_example_school"]["all_buses"] = compare_planners(
             [s for specs in config_specs(cfg).values() for s in specs])
         if not args.no_wire:
-            result["c_wire_example_school"] = asyncio.run(on_the_wire(cfg, args.window, args.warmup))
+            result["c_wire_example_school"] = run_guarded(on_the_wire(cfg, args.window, args.warmup),
+                                                           args.window + args.warmup + 60)
     doc = document("requests_per_cycle", started, **result,
                    notes=["ours = drivers.modbus.planner.plan (gap-fill, caps, even rules); per_value = one request "
                           "per polled point; contiguous = merge only adjacent points",

@@ -24,7 +24,9 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {  # name: (full args, --quick
     "write_latency": ([], ["--writes", "60"]),
     "peer_compare": ([], ["--window", "20", "--warmup", "10"]),
     "outbox_bench": ([], ["--quick"]),
-}
+    "command_rtt": ([], ["--commands", "60"]),
+    "mqtt_traffic": ([], ["--window", "20", "--warmup", "8"]),
+}  # telemetry_bench needs a python with influxdb-client (--influx-python): run it by hand
 
 
 def main() -> int:

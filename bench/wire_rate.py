@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, document, emit, self_cpu_s
+from _common import ROOT, document, emit, run_guarded, self_cpu_s
 
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading
 from drivers.modbus.planner import ReadRequest
@@ -171,7 +171,8 @@ def main() -> int:
             sim = start_simulator(cfg_path, Path(tmp) / "simulator.log")
             try:
                 results[name] = {"devices": f"{scenario['n']} x {scenario['profile']}", "poll_s": POLL_S,
-                                 **asyncio.run(measure(cfg_path, args.window, args.warmup, sim.pid))}
+                                 **run_guarded(measure(cfg_path, args.window, args.warmup, sim.pid),
+                                                          args.window + args.warmup + 60)}
             finally:
                 stop(sim)
         print(f"{name}: {results[name]['ratio_achieved_over_limit']:.3f} of the wire limit", file=sys.stderr)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, document, emit, free_port, self_cpu_s, self_peak_rss_mib, summary_ms
+from _common import ROOT, document, emit, free_port, run_guarded, self_cpu_s, self_peak_rss_mib, summary_ms
 
 from edge.arbiter import Source
 from edge.config import load_config
@@ -150,7 +150,7 @@ def main() -> int:
         write_config(cfg_path, free_port())
         sim = start_simulator(cfg_path, Path(tmp) / "simulator.log")
         try:
-            result = asyncio.run(run(cfg_path, args.writes, paths, args.seed))
+            result = run_guarded(run(cfg_path, args.writes, paths, args.seed), 120 + 3 * args.writes)
         finally:
             stop(sim)
     doc = document("write_latency", started, setup={
