@@ -48,6 +48,8 @@ RECONNECT_BASE_S = 0.5
 RECONNECT_MAX_S = 30.0
 CONNECT_CHECK_S = 1.0  # how often the connect loop notices a transport that closed by itself
 IDLE_WAKE_S = 1.0
+STOP_RECANCEL_S = 0.5
+STOP_RECANCEL_TRIES = 20
 VERIFY_ATTEMPTS = 3  # a device may apply a write a moment after acknowledging it
 VERIFY_DELAY_S = 0.2
 PERIOD_WINDOW = 1024  # poll intervals kept per device for the jitter stats
@@ -200,6 +202,14 @@ class ModbusBus:
                         tb: TracebackType | None) -> None:
         for task in self._tasks:
             task.cancel()
+        # Python 3.11's wait_for (inside pymodbus) can swallow a cancel that lands as an answer
+        # arrives; cancel again whatever is still running rather than hang the daemon's exit.
+        for _ in range(STOP_RECANCEL_TRIES):
+            _done, running = await asyncio.wait(self._tasks, timeout=STOP_RECANCEL_S)
+            if not running:
+                break
+            for task in running:
+                task.cancel()
         try:
             if self._tg is not None:
                 # The body's own exception propagates unwrapped; only a crashed loop makes a group.
