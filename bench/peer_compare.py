@@ -38,8 +38,12 @@ TB_MODES = ("per-key", "per-unit", "bulk")
 
 
 # -- the external command's half: write a config from the harness' environment -------------------
-def write_config(out: Path, status_port: int) -> None:
-    """CONTRACT.md section 2 config for the harness' server (env: MODBUS_PORT, UNITS, ...); no cloud."""
+def write_config(out: Path, status_port: int, cloud: bool = False) -> None:
+    """CONTRACT.md section 2 config for the harness' server (env: MODBUS_PORT, UNITS, ...).
+
+    With `cloud`, the daemon's MQTT link publishes to the harness' broker (MQTT_HOST, MQTT_PORT),
+    so that its traffic is counted beside the TB gateway's.
+    """
     env = os.environ
     units, ac_unit, meter_unit = int(env["UNITS"]), int(env["AC_UNIT_ID"]), int(env["METER_UNIT_ID"])
     lines = [
@@ -58,6 +62,15 @@ def write_config(out: Path, status_port: int) -> None:
         "poll_s: 1}",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
+    if cloud:
+        from cloud_sync.keys import generate_keypair
+
+        priv, pub = out.parent / "bench-cloud.pem", out.parent / "bench-cloud.pub"
+        if not pub.exists():
+            generate_keypair(priv, pub)
+        lines += ["cloud:",
+                  f"  mqtt: {{url: \"mqtt://{env.get('MQTT_HOST', '127.0.0.1')}:{int(env['MQTT_PORT'])}\"}}",
+                  f"  command_keys: [{json.dumps(str(pub))}]"]
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -217,9 +230,11 @@ def main() -> int:
     ap.add_argument("--log-level", default="INFO", help="campus-edge --log-level in the external run")
     ap.add_argument("--write-config", metavar="FILE", help=argparse.SUPPRESS)  # the external command's half
     ap.add_argument("--status-port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--cloud", action="store_true",
+                    help="give campus-edge a cloud section on the harness' broker (its MQTT traffic is counted)")
     args = ap.parse_args()
     if args.write_config:
-        write_config(Path(args.write_config), args.status_port)
+        write_config(Path(args.write_config), args.status_port, args.cloud)
         return 0
 
     started = time.time()
@@ -232,8 +247,9 @@ def main() -> int:
     exe = ROOT / ".venv" / "bin" / "campus-edge"
     py = Path(sys.executable)
     cfg = '"$WORK_DIR/campus-edge.yaml"'
+    cloud_flag = " --cloud" if args.cloud else ""
     external = (f"{shlex.quote(str(py))} {shlex.quote(str(Path(__file__).resolve()))} --write-config {cfg} "
-                f"--status-port {port} && exec {shlex.quote(str(exe))} --log-level {args.log_level} "
+                f"--status-port {port}{cloud_flag} && exec {shlex.quote(str(exe))} --log-level {args.log_level} "
                 f"run --config {cfg} --status-port {port}")
     peer_out = RESULTS / "peer"
     peer_out.mkdir(parents=True, exist_ok=True)
@@ -256,15 +272,21 @@ def main() -> int:
         "peer_compare", started,
         harness={"run_sh": str(run_sh), "argv": argv, "rc": proc.returncode, "versions": peer_doc.get("versions"),
                  "params": peer_doc.get("params"), "harness_machine": peer_doc.get("machine")},
-        notes=["external = campus-edge (this repository), run as `campus-edge run` with the config the external "
-               "command writes; no cloud section, so campus-edge published nothing to MQTT in this mode (the "
-               "MQTT link is a separate issue) while the TB gateway published every poll",
+        notes=[("external = campus-edge (this repository), run as `campus-edge run` with the config the external "
+                "command writes; " + (
+                    "with a cloud section on the harness' broker: it publishes retained STATE on change (deadbands) "
+                    "and a refresh every 5 min, while the TB gateway publishes every poll; the harness' server "
+                    "serves constant values, so after the first states campus-edge has almost nothing new to say"
+                    if args.cloud else
+                    "no cloud section, so campus-edge published nothing to MQTT in this mode while the TB gateway "
+                    "published every poll (run with --cloud to count its MQTT link)")),
                "per-unit and bulk read raw registers (keys hr_<addr>, setpoint/room temperature not scaled); "
                "only per-key gives typed, scaled values like campus-edge",
                "CPU % is of one core over the window, of the whole process tree; 2 shared vCPUs: expect a few "
                "tenths of a percent of noise between runs",
                "campus-edge polls the SDM630 points its profile declares (more than the harness' 3 keys), "
                "merged into requests of at most 80 even-aligned registers"],
+        cloud=args.cloud,
         ac_requests_per_cycle_minimum=minimum,
         table=rows,
         comparison=compare(rows, minimum),
