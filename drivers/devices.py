@@ -13,13 +13,14 @@ from typing import Any
 AC_FIELDS = ("power_on", "mode", "setpoint_c", "fan", "room_temp_c")
 AC_WRITABLE = {"power_on", "mode", "setpoint_c", "fan"}
 NO_COMMUNICATION = 65535  # Intesis: the interface has lost its indoor unit
+NO_COMMUNICATION_FAULT = "no_communication"
 
 
 def ac_state(values: Mapping[str, Any]) -> dict[str, Any]:
     """STATE of an AC: power, mode, setpoint, fan, room temperature, fault (string or null)."""
     state: dict[str, Any] = {k: values.get(k) for k in AC_FIELDS}
     code = values.get("fault_code")
-    state["fault"] = None if code in (None, 0) else ("no_communication" if code == NO_COMMUNICATION else str(code))
+    state["fault"] = None if code in (None, 0) else (NO_COMMUNICATION_FAULT if code == NO_COMMUNICATION else str(code))
     state["power_w"] = values.get("power_w")
     return state
 

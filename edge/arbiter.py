@@ -26,12 +26,14 @@ from edge.store import Store
 log = logging.getLogger(__name__)
 
 MIN_OFF_S = 180.0  # split units refuse a restart within 3 minutes (Panasonic/Haier service manuals)
+MAX_DOOR_UNLOCK_S = 600.0  # the longest one command may hold a door open
 
 
 class Source(IntEnum):
     """Who asks; the value is the priority."""
 
     DEFAULT = 0
+    RESTORE = 1  # what an actuator was doing before an override; dropped once the override ends
     TEACHER = 20
     SCHEDULE = 40
     FACILITY = 60
@@ -175,11 +177,11 @@ class Arbiter:
                 if k in actual and actual[k] is not None
                 and not any(k in r.fields for s, r in st.requests.items() if s != req.source)}
         if keep:
-            base = dict(st.requests[Source.DEFAULT].fields) if Source.DEFAULT in st.requests else {}
+            base = dict(st.requests[Source.RESTORE].fields) if Source.RESTORE in st.requests else {}
             base.update(keep)
-            st.requests[Source.DEFAULT] = Request(req.actuator, Source.DEFAULT, base, None, "restore",
+            st.requests[Source.RESTORE] = Request(req.actuator, Source.RESTORE, base, None, "restore",
                                                   self._clock.time())
-            self._persist(st.requests[Source.DEFAULT])
+            self._persist(st.requests[Source.RESTORE])
 
     def _persist(self, req: Request) -> None:
         if self._store is not None:
@@ -218,7 +220,7 @@ class Arbiter:
                 st.off_since = self._clock.time()
             elif todo.get("power_on") is True:
                 st.off_since = None
-            self._drop_applied_restore_point(actuator, st, todo)
+            self._drop_applied_restore_point(actuator, st)
             if self.on_change is not None:
                 self.on_change(actuator, want)
             msg = "applied" if deferred is None else f"applied; start deferred {deferred - self._clock.time():.0f} s"
@@ -238,16 +240,14 @@ class Arbiter:
         log.info("start of %s deferred %.0f s (minimum off time)", actuator, allowed - self._clock.time())
         return allowed
 
-    def _drop_applied_restore_point(self, actuator: str, st: _Actuator, applied: Mapping[str, Any]) -> None:
-        base = st.requests.get(Source.DEFAULT)
-        if base is None or base.requester != "restore":
+    def _drop_applied_restore_point(self, actuator: str, st: _Actuator) -> None:
+        if Source.RESTORE not in st.requests:
             return
-        if any(s > Source.DEFAULT and not self._expired(r) for s, r in st.requests.items()):
+        if any(s > Source.RESTORE and not self._expired(r) for s, r in st.requests.items()):
             return
-        del st.requests[Source.DEFAULT]
+        del st.requests[Source.RESTORE]
         if self._store is not None:
-            self._store.delete_request(actuator, Source.DEFAULT.name)
-        del applied
+            self._store.delete_request(actuator, Source.RESTORE.name)
 
     def _expired(self, r: Request) -> bool:
         return r.expires is not None and r.expires <= self._clock.time()
@@ -273,7 +273,7 @@ class Arbiter:
             self._wake.clear()
             delay = self._next_deadline() - self._clock.time()
             if delay > 0:
-                sleeper = asyncio.ensure_future(self._clock.sleep(min(delay, 3600.0)))
+                sleeper = asyncio.ensure_future(self._clock.sleep(min(delay, 60.0)))  # re-read wall time often
                 waker = asyncio.ensure_future(self._wake.wait())
                 try:
                     await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)

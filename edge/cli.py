@@ -36,6 +36,10 @@ def _load(path: str) -> Config:
 # -- subcommands ---------------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    from edge.config import config_warnings
+
+    for warning in config_warnings(cfg):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     n_modbus = len(cfg.modbus_devices())
     print(f"{args.config}: OK ({len(cfg.devices)} devices, {n_modbus} on Modbus, {len(cfg.buses)} buses, "
           f"{len(cfg.rooms)} rooms)")

@@ -202,9 +202,13 @@ class Config(_M):
         return [d for d in self.devices if isinstance(d, RelayChannel)]
 
     def actuators_for(self, target: str) -> list[str]:
-        """Actuator ids a schedule target names: a device id, a room id, or `kind:KIND`."""
+        """Actuator ids a schedule target names: a device id, a room id, or `kind:KIND`.
+
+        Doors are never schedule targets: they open only by a timed unlock that re-locks in hardware.
+        """
         writable = [d for d in self.devices
-                    if (isinstance(d, ModbusDevice) and d.kind == "ac") or isinstance(d, RelayChannel)]
+                    if (isinstance(d, ModbusDevice) and d.kind == "ac")
+                    or (isinstance(d, RelayChannel) and d.kind != "door")]
         if target.startswith("kind:"):
             return [d.id for d in writable if d.kind == target[5:]]
         if any(d.id == target for d in writable):
@@ -421,7 +425,7 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
         elif isinstance(dev, RfidReader) and dev.purpose == "door":
             door = by_id.get(dev.door) if dev.door else None
             if not isinstance(door, RelayChannel) or door.kind != "door":
-                yield ("devices", i, "door"), "a door reader needs `door:` naming a door device"
+                yield ("devices", i, "door"), f"a door reader needs `door:` naming a door device ({dev.door!r} is not)"
     relay_chan: dict[tuple[str, int], str] = {}
     for i, dev in enumerate(cfg.devices):
         if isinstance(dev, RelayChannel):
@@ -434,10 +438,41 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
             if not cfg.actuators_for(target):
                 yield ("schedules", i, "targets", j), (
                     f"{target!r} names no AC, light, fan or door (device, room or kind:KIND)")
+    rtu_buses = {b.id for b in cfg.buses if isinstance(b, RtuBus)}
+    for i, dev in enumerate(cfg.devices):
+        if isinstance(dev, ModbusDevice) and dev.bus in rtu_buses and dev.unit == 0:
+            yield ("devices", i, "unit"), "unit 0 is the RS-485 broadcast address: use 1..247"
+    if cfg.cloud is not None:
+        yield from _cloud_file_checks(cfg.cloud)
     if cfg.ems is not None:
         meter = by_id.get(cfg.ems.meter)
         if not isinstance(meter, ModbusDevice) or meter.kind != "meter":
             yield ("ems", "meter"), f"{cfg.ems.meter!r} is not a meter device"
+
+
+def _cloud_file_checks(cloud: CloudConfig) -> Iterator[tuple[Loc, str]]:
+    """The key and secret files the cloud link needs exist and hold what they should."""
+    for j, key in enumerate(cloud.command_keys):
+        try:
+            text = key.read_bytes()
+        except OSError as exc:
+            yield ("cloud", "command_keys", j), f"{key}: {exc.strerror or exc}"
+            continue
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            if not isinstance(load_pem_public_key(text), Ed25519PublicKey):
+                yield ("cloud", "command_keys", j), f"{key}: not an Ed25519 public key"
+        except ValueError:
+            yield ("cloud", "command_keys", j), f"{key}: not a PEM public key"
+    for field in ("password_file", "ca_file", "cert_file", "key_file"):
+        path = getattr(cloud.mqtt, field)
+        if path is not None and not os.access(path, os.R_OK):
+            yield ("cloud", "mqtt", field), f"{path}: cannot be read"
+    if cloud.influx is not None and cloud.influx.token_file is not None and not os.access(
+            cloud.influx.token_file, os.R_OK):
+        yield ("cloud", "influx", "token_file"), f"{cloud.influx.token_file}: cannot be read"
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -463,8 +498,42 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                         sect[k] = fix(sect[k])
 
 
+LIST_SECTIONS = ("buses", "rooms", "devices", "schedules")
+
+
+def _prune(data: dict[str, Any], exc: ValidationError) -> tuple[dict[str, Any], dict[str, list[int]], set[str]]:
+    """`data` without the list items and top-level keys that failed validation.
+
+    Returns the pruned data, for each list section the original index of every kept item, and
+    the ids of the removed items (so that cross-checks do not also call them "unknown").
+    """
+    bad_items: dict[str, set[int]] = {}
+    bad_keys: set[str] = set()
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) >= 2 and loc[0] in LIST_SECTIONS and isinstance(loc[1], int):
+            bad_items.setdefault(str(loc[0]), set()).add(loc[1])
+        elif loc:
+            bad_keys.add(str(loc[0]))
+    pruned = {k: v for k, v in data.items() if k not in bad_keys}
+    kept: dict[str, list[int]] = {}
+    removed_ids: set[str] = set()
+    for section in LIST_SECTIONS:
+        items = data.get(section)
+        if not isinstance(items, list) or section in bad_keys:
+            continue
+        kept[section] = [i for i in range(len(items)) if i not in bad_items.get(section, set())]
+        pruned[section] = [items[i] for i in kept[section]]
+        removed_ids |= {str(items[i].get("id")) for i in bad_items.get(section, set()) if isinstance(items[i], dict)}
+    return pruned, kept, removed_ids
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Load and validate a config file; raise ConfigError listing every problem found."""
+    """Load and validate a config file; raise ConfigError listing every problem found.
+
+    Problems of form (a wrong type, an unknown key) and of meaning (an unknown bus, a duplicate
+    id) are reported together: the items with form problems are set aside and the rest is checked.
+    """
     p = Path(path)
     name = str(path)
     data, lines, problems = load_yaml_with_lines(p)
@@ -473,11 +542,47 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(name, 1, "", "the top level must be a mapping")])
     _resolve_paths(data, p.resolve().parent)
+    kept: dict[str, list[int]] = {}
+    removed: set[str] = set()
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(problems + _pydantic_problems(name, exc, lines)) from None
-    problems += [ConfigProblem(name, _line_for(loc, lines), _fmt_loc(loc), msg) for loc, msg in _cross_checks(cfg)]
+        problems += _pydantic_problems(name, exc, lines)
+        pruned, kept, removed = _prune(data, exc)
+        try:
+            cfg = Config.model_validate(pruned)
+        except ValidationError:
+            raise ConfigError(problems) from None
+    for where, msg in _cross_checks(cfg):
+        if any(f"'{rid}'" in msg for rid in removed):
+            continue  # a consequence of a problem already reported
+        loc = where
+        if len(where) > 1 and where[0] in kept and isinstance(where[1], int):
+            loc = (where[0], kept[str(where[0])][where[1]], *where[2:])  # index in the file, not the pruned list
+        problems.append(ConfigProblem(name, _line_for(loc, lines), _fmt_loc(loc), msg))
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Allowed but probably wrong: a line's framing that differs from its devices' factory default."""
+    from drivers.modbus.profile import ProfileError, load_profile
+
+    mismatched: dict[tuple[str, str], list[str]] = {}
+    for dev in cfg.modbus_devices():
+        try:
+            bus, prof = cfg.bus(dev.bus), load_profile(dev.profile, cfg.profile_dirs)
+        except (KeyError, ProfileError):
+            continue
+        if isinstance(bus, RtuBus) and (bus.parity, bus.stopbits, bus.baudrate) != (
+                prof.serial.parity, prof.serial.stopbits, prof.serial.baudrate):
+            mismatched.setdefault((bus.id, prof.name), []).append(dev.id)
+    out = []
+    for (bus_id, name), devs in mismatched.items():
+        bus, prof = cfg.bus(bus_id), load_profile(name, cfg.profile_dirs)
+        assert isinstance(bus, RtuBus)
+        out.append(f"buses.{bus_id}: runs {bus.baudrate} 8{bus.parity}{bus.stopbits} but {len(devs)} "
+                   f"{prof.vendor} {prof.model} device(s) ({devs[0]}...) default to {prof.serial.baudrate} "
+                   f"8{prof.serial.parity}{prof.serial.stopbits}: check the devices' settings")
+    return out

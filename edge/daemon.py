@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.devices import AC_WRITABLE, channel_field, state_for
+from drivers.devices import AC_WRITABLE, NO_COMMUNICATION_FAULT, channel_field, state_for
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading, WriteError
 from drivers.modbus.planner import DeviceSpec
 from drivers.modbus.profile import Profile, load_profile
-from edge.arbiter import ApplyError, Arbiter, Outcome, Request, Source
+from edge.arbiter import MAX_DOOR_UNLOCK_S, MIN_OFF_S, ApplyError, Arbiter, Outcome, Request, Source
 from edge.clock import Clock, SystemClock, iso
-from edge.config import Config, RelayChannel
+from edge.config import Config, RelayChannel, config_warnings
 from edge.events import EventBus, Message
 from edge.http import HttpServer
 from edge.schedule import ScheduleRunner
@@ -32,7 +32,6 @@ log = logging.getLogger("campus_edge.daemon")
 
 VERSION = "0.1.0"
 FLUSH_S = 60.0  # state rows written to the SD card at most this often (wear)
-MAX_DOOR_UNLOCK_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,8 @@ class Daemon:
              for e in cfg.schedules], self.tz, self.clock, self._fire_schedule)
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
+        self._bg: list[asyncio.Task[None]] = []
+        self._exit = contextlib.AsyncExitStack()
         self._build()
 
     # -- wiring ----------------------------------------------------------------------------------
@@ -102,44 +103,60 @@ class Daemon:
         return self.modbus
 
     def _min_off(self, actuator: str) -> float:
-        return 180.0 if self.kind_of.get(actuator) == "ac" else 0.0
+        return MIN_OFF_S if self.kind_of.get(actuator) == "ac" else 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Daemon:
+        """Start everything; on a failure half-way, close what had started (in reverse)."""
         self._routes()
-        await self.http.start()
-        self._exit = contextlib.AsyncExitStack()
-        assert self.modbus is not None
-        await self._exit.enter_async_context(self.modbus)
-        if self.cfg.cloud is not None:
-            from cloud_sync.service import CloudService  # only sites with a cloud pay for MQTT and crypto
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            stack.callback(self._close_store)
+            await self.http.start()
+            stack.push_async_callback(self.http.close)
+            if self.cfg.cloud is not None:
+                # entered before the Modbus engine so that it is left after it: fault events that the
+                # engine's shutdown produces still reach the durable outbox
+                from cloud_sync.service import CloudService  # only sites with a cloud pay for MQTT and crypto
 
-            self.cloud = await self._exit.enter_async_context(CloudService(self))
-            if self.cfg.cloud.influx is not None:
-                from cloud_sync.telemetry import TelemetryWriter  # only sites with an Influx pay for it
+                if self.cfg.cloud.influx is not None:
+                    from cloud_sync.telemetry import TelemetryWriter  # only sites with an Influx pay for it
 
-                self.telemetry = await self._exit.enter_async_context(
-                    TelemetryWriter(self.cfg, self.bus, storage_dir=Path(self.cfg.storage.path), clock=self.clock))
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
-        self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
-                    self._tasks.create_task(self._flusher(), name="store-flush"),
-                    self._tasks.create_task(self.schedules.run(), name="schedules")]
+                    self.telemetry = await stack.enter_async_context(TelemetryWriter(
+                        self.cfg, self.bus, storage_dir=Path(self.cfg.storage.path), clock=self.clock))
+                self.cloud = await stack.enter_async_context(CloudService(self))
+            await stack.enter_async_context(self._engine)
+            self._tasks = asyncio.TaskGroup()
+            await stack.enter_async_context(self._tasks)
+            stack.callback(self._cancel_background)
+            self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
+                        self._tasks.create_task(self._flusher(), name="store-flush"),
+                        self._tasks.create_task(self.schedules.run(), name="schedules")]
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._exit = stack
+        for warning in config_warnings(self.cfg):
+            log.warning("config: %s", warning)
         log.info("daemon started: %d devices on %d buses, status API on 127.0.0.1:%d",
-                 len(self.kind_of), len(self.modbus.buses), self.http.port)
+                 len(self.kind_of), len(self._engine.buses), self.http.port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._tasks is not None
+        try:
+            await self._exit.aclose()
+        finally:
+            log.info("daemon stopped")
+
+    def _cancel_background(self) -> None:
         for t in self._bg:
             t.cancel()
-        await self._tasks.__aexit__(None, None, None)
-        await self._exit.aclose()
-        await self.http.close()
+
+    def _close_store(self) -> None:
         for dev_id, st in self.states.items():
             self.store.put_state(dev_id, st)
         self.store.close()
-        log.info("daemon stopped")
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,7 +176,7 @@ class Daemon:
         kind = self.kind_of[r.device_id]
         prof = self.profiles[r.device_id]
         typed = state_for(kind, vals, prof.channels or 0)
-        if kind == "ac" and vals.get("fault_code") == 65535:
+        if kind == "ac" and typed["fault"] == NO_COMMUNICATION_FAULT:
             self._set_state(r.device_id, {**typed, "online": False}, r.ts)
         else:
             self._set_state(r.device_id, {**typed, "online": True}, r.ts)
@@ -220,7 +237,9 @@ class Daemon:
         kind = self.kind_of.get(target)
         if kind is None:
             return Outcome(False, "unknown_target", f"no device {target!r}", {}, {})
-        allowed = AC_WRITABLE if kind == "ac" else {"on"} if kind in ("light", "fan", "door") else set()
+        if kind == "door":
+            return Outcome(False, "bad_request", f"{target} is a door: doors open only with door.unlock", {}, {})
+        allowed = AC_WRITABLE if kind == "ac" else {"on"} if kind in ("light", "fan") else set()
         bad = set(fields) - allowed
         if not fields or bad:
             return Outcome(False, "bad_request", f"{target} accepts {sorted(allowed)}, got {sorted(fields)}", {}, {})
@@ -248,8 +267,14 @@ class Daemon:
 
     async def unlock(self, door_id: str, seconds: float) -> None:
         """Open a door for `seconds`; the relay board re-locks by itself even if we die (flash)."""
-        ch = self.channel_devices[door_id]
-        await self._engine.flash(ch.device.relay, ch.device.channel, on=True, seconds=min(seconds, MAX_DOOR_UNLOCK_S))
+        ch = self.channel_devices.get(door_id)
+        if ch is None or ch.device.kind != "door":
+            raise ApplyError("unknown_target", f"no door {door_id!r}")
+        try:
+            await self._engine.flash(ch.device.relay, ch.device.channel, on=True,
+                                     seconds=min(seconds, MAX_DOOR_UNLOCK_S))
+        except WriteError as exc:
+            raise ApplyError(exc.code, str(exc)) from exc
 
     # -- local status API ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

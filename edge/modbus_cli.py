@@ -58,10 +58,15 @@ def add_modbus_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--json", action="store_true")
 
 
+def _usage(message: str) -> SystemExit:
+    print(f"campus-edge modbus: {message}", file=sys.stderr)
+    return SystemExit(EXIT_USAGE)
+
+
 def _bus(args: argparse.Namespace) -> TcpBus | RtuBus:
     if args.bus:
         if not args.config:
-            raise SystemExit("campus-edge modbus: --bus needs --config")
+            raise _usage("--bus needs --config")
         try:
             cfg = load_config(args.config)
         except ConfigError as exc:
@@ -70,11 +75,11 @@ def _bus(args: argparse.Namespace) -> TcpBus | RtuBus:
         try:
             return cfg.bus(args.bus)
         except KeyError:
-            raise SystemExit(f"campus-edge modbus: no bus {args.bus!r} in {args.config}") from None
+            raise _usage(f"no bus {args.bus!r} in {args.config}") from None
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if not host or not port.isdigit():
-            raise SystemExit("campus-edge modbus: --tcp wants HOST:PORT")
+            raise _usage("--tcp wants HOST:PORT")
         return TcpBus(id="cli", type="tcp", host=host, port=int(port), timeout_s=args.timeout)
     return RtuBus(id="cli", type="rtu", device=args.rtu, baudrate=args.baudrate, parity=args.parity,
                   stopbits=args.stopbits, timeout_s=args.timeout)

@@ -55,6 +55,9 @@ def next_fire(at: tuple[int, int], days: frozenset[int], after: float, tz: ZoneI
     raise ValueError("no day selected")
 
 
+MAX_SLEEP_S = 60.0  # re-read the wall clock at least this often
+LATE_GRACE_S = 300.0  # an entry this late (a clock jump) is skipped rather than fired
+
 Fire = Callable[[str, str, dict[str, object], float | None], Awaitable[None]]
 
 
@@ -71,16 +74,36 @@ class ScheduleRunner:
         self.fired = 0
 
     async def run(self) -> None:
+        """Fire entries as they fall due, re-reading the wall clock at least every minute.
+
+        A Pi without a real-time clock boots with a stale time that NTP later corrects: a long
+        sleep computed before the correction would fire at the wrong hour. An entry found more
+        than LATE_GRACE_S past its time (the clock jumped over it) is skipped, not fired late.
+        """
         if not self.entries:
             return
         after = self.clock.time()
         while True:
-            due = min((next_fire(at, days, after, self.tz), i) for i, (_e, at, days, *_r) in enumerate(self.entries))
-            when, i = due
-            await self.clock.sleep(when - self.clock.time())
-            eid, _at, _days, targets, fields, hold_min = self.entries[i]
-            log.info("schedule %s: %s -> %s", eid, fields, ", ".join(targets))
-            for target in targets:
-                await self.fire(eid, target, dict(fields), hold_min * 60 if hold_min else None)
-            self.fired += 1
-            after = when
+            fires = [(next_fire(at, days, after, self.tz), i) for i, (_e, at, days, *_r) in enumerate(self.entries)]
+            when = min(t for t, _ in fires)
+            now = self.clock.time()
+            while now < when and now >= after - MAX_SLEEP_S:
+                await self.clock.sleep(min(MAX_SLEEP_S, when - now))
+                now = self.clock.time()
+            if now < when:  # the clock went back: plan again from the new time
+                after = now
+                continue
+            if now - when > LATE_GRACE_S:
+                log.warning("schedule: clock jumped past %s by %.0f s; skipping it", when, now - when)
+            else:
+                for t, i in fires:
+                    if t == when:
+                        await self._fire(i)
+            after = max(when, now) if now - when > LATE_GRACE_S else when
+
+    async def _fire(self, i: int) -> None:
+        eid, _at, _days, targets, fields, hold_min = self.entries[i]
+        log.info("schedule %s: %s -> %s", eid, fields, ", ".join(targets))
+        for target in targets:
+            await self.fire(eid, target, dict(fields), hold_min * 60 if hold_min else None)
+        self.fired += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_state (
     device_id TEXT PRIMARY KEY,
     state     TEXT NOT NULL,
-    ts        REAL NOT NULL
+    ts        REAL NOT NULL  -- when the row was written (unix s)
 );
 CREATE TABLE IF NOT EXISTS requests (
     actuator  TEXT NOT NULL,
@@ -61,11 +62,10 @@ class Store:
 
     def flush(self) -> int:
         """Write the states changed since the last flush; return how many rows were written."""
-        if not self._dirty:
+        dirty, self._dirty = self._dirty, set()  # swap first: the loop may mark more while we write
+        if not dirty:
             return 0
-        rows = [(d, json.dumps(self.states[d], separators=(",", ":")), self.states[d].get("_ts", 0.0))
-                for d in sorted(self._dirty)]
-        self._dirty.clear()
+        rows = [(d, json.dumps(self.states[d], separators=(",", ":")), time.time()) for d in sorted(dirty)]
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO device_state VALUES (?, ?, ?)", rows)

@@ -56,7 +56,20 @@ async def test_restore_point_brings_back_the_state_before_an_override() -> None:
     clock.advance(301)
     await arb.tick()
     assert unit.state["ac-2"]["power_on"] is True
-    assert Source.DEFAULT not in {r.source for r in arb.requests("ac-2")}
+    assert Source.RESTORE not in {r.source for r in arb.requests("ac-2")}
+
+
+async def test_restore_point_does_not_erase_a_schedule_baseline() -> None:
+    clock, unit = ManualClock(0.0), Unit()
+    unit.state["ac-8"] = {"power_on": True, "setpoint_c": 26}
+    arb = Arbiter(unit, clock=clock)
+    await arb.set_baseline("ac-8", {"setpoint_c": 27}, "schedule:noon")
+    await arb.submit(Request("ac-8", Source.EMS, {"power_on": False}, expires=60.0))
+    clock.advance(61)
+    await arb.tick()
+    assert unit.state["ac-8"] == {"power_on": True, "setpoint_c": 27}
+    assert arb.effective("ac-8") == {"setpoint_c": 27}
+    assert [r.source for r in arb.requests("ac-8")] == [Source.DEFAULT]
 
 
 async def test_minimum_off_time_defers_a_restart() -> None:

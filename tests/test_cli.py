@@ -142,7 +142,8 @@ def test_check_config_reports_file_line_and_path(tmp_path: Path) -> None:
     cfg.write_text(text)
     out = run_cli("check-config", str(cfg))
     assert out.returncode == 2
-    assert "index 999 out of range" in out.stderr or "colour" in out.stderr
+    assert "index 999 out of range" in out.stderr  # a problem of meaning and
+    assert "colour: unknown key" in out.stderr  # a problem of form, reported together
     assert f"{cfg}:" in out.stderr
     # nothing starts on an invalid config
     out = run_cli("run", "--config", str(cfg))

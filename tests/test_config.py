@@ -427,7 +427,14 @@ cloud:
 def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf_dir = tmp_path / "etc"
     conf_dir.mkdir()
-    write(conf_dir, PATHS, name="site.yaml")
+    secret = tmp_path / "mqtt.pass"  # an absolute path stays as written
+    write(conf_dir, PATHS.replace("/etc/campus-edge/mqtt.pass", str(secret)), name="site.yaml")
+    from cloud_sync.keys import generate_keypair
+
+    generate_keypair(conf_dir / "keys" / "cloud-ed25519.pem", conf_dir / "keys" / "cloud-ed25519.pub")
+    (conf_dir / "certs").mkdir()
+    for f in (conf_dir / "certs" / "ca.pem", conf_dir / "influx.token", secret):
+        f.write_text("x\n")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -437,7 +444,7 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path, mon
     assert cfg.profile_dirs == [base / "profiles", Path("/opt/site-profiles")]
     assert cfg.cloud is not None
     assert cfg.cloud.mqtt.ca_file == base / "certs" / "ca.pem"
-    assert cfg.cloud.mqtt.password_file == Path("/etc/campus-edge/mqtt.pass")
+    assert cfg.cloud.mqtt.password_file == secret
     assert cfg.cloud.command_keys == [base / "keys" / "cloud-ed25519.pub"]
     assert cfg.cloud.influx is not None
     assert cfg.cloud.influx.token_file == base / "influx.token"
@@ -522,3 +529,24 @@ def test_missing_env_var_is_reported_beside_other_problems(tmp_path: Path, monke
     text = edit('    room: "301"\n', '    room: "999"\n', base=text)
     found = problems(tmp_path, text)
     assert {p.path for p in found} == {"buses[0].host", "devices[0].room"}
+
+
+def test_cloud_files_must_exist_and_hold_a_key(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    write(conf_dir, PATHS, name="site.yaml")
+    (conf_dir / "keys").mkdir()
+    (conf_dir / "keys" / "cloud-ed25519.pub").write_text("not a key\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(conf_dir / "site.yaml")
+    found = {p.path: p.message for p in exc.value.problems}
+    assert "not a PEM public key" in found["cloud.command_keys[0]"]
+    assert "cannot be read" in found["cloud.mqtt.password_file"]
+    assert "cannot be read" in found["cloud.influx.token_file"]
+
+
+def test_rtu_unit_zero_is_broadcast(tmp_path: Path) -> None:
+    text = SCHOOL.replace("    bus: rs485-1\n    unit: 1", "    bus: rs485-1\n    unit: 0", 1)
+    assert text != SCHOOL
+    found = problems(tmp_path, text)
+    assert any("broadcast" in p.message and p.path.endswith(".unit") for p in found), found

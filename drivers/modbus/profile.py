@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -20,7 +21,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+def _shipped_profiles() -> Path:
+    """The source tree's profiles, or where a non-editable install put them (setup.py data_files)."""
+    here = Path(__file__).resolve().parents[2] / "config" / "profiles"
+    installed = Path(sys.prefix) / "share" / "campus-edge" / "profiles"
+    return here if here.is_dir() or not installed.is_dir() else installed
+
+
+PROFILE_DIR = _shipped_profiles()
 
 Table = Literal["coil", "discrete", "holding", "input"]
 DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32"]
