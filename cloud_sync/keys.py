@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -118,5 +117,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 def sign_command(private_key: Ed25519PrivateKey, claims: Mapping[str, Any], kid: str | None = None) -> str:
     """A compact JWS (EdDSA) over `claims`; `kid` defaults to the key's thumbprint."""
+    import jwt  # PyJWT pulls every algorithm in (~12 MB RSS): only the signing client (ctl) needs it
+
     headers = {"kid": kid if kid is not None else key_id(private_key.public_key())}
     return jwt.encode(dict(claims), private_key, algorithm="EdDSA", headers=headers)
