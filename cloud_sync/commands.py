@@ -6,7 +6,7 @@ first, and nothing an attacker sends without a valid signature touches the repla
 
 1. size (> 16 KiB), UTF-8, compact JWS shape, header and claims JSON   -> bad_request, id null
 2. header `alg` is exactly EdDSA (no `none`, no HS256 over the public key), no `crit`,
-   Ed25519 signature by a trusted key (`kid` picks one when it names one)  -> bad_signature
+   Ed25519 signature by a trusted key (`kid` picks one when it names one)  -> bad_signature, id null
 3. claim types (all required; `rooms` for teachers), known action      -> bad_request
 4. `aud` is `{school_id}/{gateway_id}`                                  -> wrong_audience
 5. time: not expired, not issued in the future, lifetime bounded       -> expired / bad_request
@@ -15,8 +15,20 @@ first, and nothing an attacker sends without a valid signature touches the repla
 8. params per action (types, then policy ranges)                        -> bad_request / out_of_range
 9. replay: the jti is journalled `received` in one SQLite commit; if it already was -> replayed
 
-From step 3 on the Rejection carries the token's jti. Only an authentic, current, authorised and
-valid command burns its jti (step 9), so a rejected command can be corrected and re-signed.
+Ids: a jti is trusted only once the signature verifies. Up to and including step 2 the result's
+`id` is null: anyone who can publish on `P/cmd` can copy a real command's jti into a forged token,
+and a result under that id would tell the cloud its command was refused. From step 3 on the
+Rejection carries the token's jti. A `replayed` result (step 9) does not either: the jti belongs
+to the first delivery, whose result the cloud may not have yet (it de-duplicates results by `id`,
+so a `rejected` under that id would hide the real one). It answers `id` null and names the
+original in `replay_of`; the cloud logs it and otherwise ignores it (the original's own result,
+with the original's id, is the answer to that command). Only an authentic, current, authorised
+and valid command burns its jti (step 9), so a rejected command can be corrected and re-signed.
+
+`relay.set` applies to lights and fans only. A door lock is a relay channel too, but a door is
+opened only by `door.unlock`: a pulse the relay board ends by itself (flash), capped at
+`MAX_DOOR_UNLOCK_S` and logged as a `door` event. `relay.set` on a door is `bad_request` (the action
+does not apply to that kind of target, for any role), not `forbidden` (which is about who asks).
 
 The journal protocol ("a restart between receipt and result neither loses the result nor applies
 the command twice"), for the daemon:
@@ -24,13 +36,19 @@ the command twice"), for the daemon:
     cmd = verifier.verify(payload)              # commit 1: jti journalled 'received'
     outcome = await daemon.command(...)         # the device is written
     journal.applied(cmd.id, result)             # commit 2: the result is durable in the journal
-    outbox.put(P/cmd/result, result, "result", msg_id=cmd.id)   # commit 3
-    journal.answered(cmd.id)                    # commit 4; pruned once the token has expired
+    outbox.put(P/cmd/result, result, "result", msg_id=cmd.id)   # commit 3 (synchronous=NORMAL)
+    ... PUBACK of that result ...
+    journal.delivered(cmd.id)                   # commit 4: 'answered'; pruned once the token has expired
+
+The journal (synchronous=FULL) says `answered` only after the broker acknowledged the result: the
+outbox commits with synchronous=NORMAL, so a power cut can lose its row, and the journal must not
+claim an answer the outbox no longer holds.
 
 At start-up, `journal.pending()` lists what a crash interrupted; `recovery_step` says what to do:
-* `applied` (crash after commit 2): put the stored result in the outbox again and mark answered. If
-  the crash fell between commits 3 and 4 the result goes out twice with the same id; the cloud
-  de-duplicates (at-least-once, as for events). No result is lost.
+* `applied` (crash after commit 2): put the stored result in the outbox again (unless the outbox
+  still holds it). Until its PUBACK it stays `applied`, so every restart offers it again; the
+  result may go out twice with the same id and the cloud de-duplicates (at-least-once, as for
+  events). No result is lost.
 * `received` (crash between commits 1 and 2): the device may or may not have been written. The
   window that remains is here. Actions that set an absolute desired state (`ac.set`, `relay.set`,
   documents with versions) are re-applied if the token is still valid: the second application
@@ -51,7 +69,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, tzinfo
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -82,7 +100,7 @@ Status = Literal["ok", "rejected", "failed"]
 # What each action may target: device kinds, "room" (a room id) or "site".
 TARGET_KINDS: dict[str, frozenset[str]] = {
     "ac.set": frozenset({"ac", "room"}),
-    "relay.set": frozenset({"light", "fan", "door"}),
+    "relay.set": frozenset({"light", "fan"}),    # never "door": see the module docstring
     "door.unlock": frozenset({"door"}),
     "alarm.set": frozenset({"site"}),
     "booking.put": frozenset({"room"}),
@@ -100,13 +118,17 @@ class Rejection:
     id: str | None
     code: Code
     message: str
+    replay_of: str | None = None   # a `replayed` command's jti (its `id` is null: see the module docstring)
 
     @property
     def status(self) -> Status:
         return "rejected"
 
-    def result(self, ts: float | str) -> dict[str, Any]:
-        return result_payload(self.id, "rejected", self.code, self.message, ts)
+    def result(self, ts: float, tz: tzinfo) -> dict[str, Any]:
+        out = result_payload(self.id, "rejected", self.code, self.message, ts, tz)
+        if self.replay_of is not None:
+            out["replay_of"] = self.replay_of
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +145,10 @@ class VerifiedCommand:
     kid: str                     # the trusted key that verified the signature
 
 
-def result_payload(id: str | None, status: Status, code: str, message: str, ts: float | str,
+def result_payload(id: str | None, status: Status, code: str, message: str, ts: float, tz: tzinfo,
                    state: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The `P/cmd/result` payload; `ts` as unix seconds (rendered ISO 8601 with offset) or ISO text."""
-    out: dict[str, Any] = {"id": id, "status": status, "code": code, "message": message,
-                           "ts": ts if isinstance(ts, str) else iso(ts)}
+    """The `P/cmd/result` payload; `ts` in unix seconds, rendered ISO 8601 in the site's zone `tz`."""
+    out: dict[str, Any] = {"id": id, "status": status, "code": code, "message": message, "ts": iso(ts, tz)}
     if state is not None:
         out["state"] = dict(state)
     return out
@@ -368,8 +389,18 @@ class CommandJournal:
         self._move(jti, "applied", ("received",), json.dumps(dict(result), separators=(",", ":")))
 
     def answered(self, jti: str) -> None:
-        """The result is in the durable outbox."""
+        """The result is known to have reached the broker (or the command needs no answer any more)."""
         self._move(jti, "answered", ("received", "applied"), None)
+
+    def delivered(self, jti: str) -> bool:
+        """The broker acknowledged a result published under `jti`: an `applied` command becomes answered.
+
+        Anything else (an unknown id, a rejection's, a command already answered) is left alone: False.
+        """
+        with self._lock:
+            cur = self._db.execute("UPDATE command_journal SET state = 'answered', updated = ?"
+                                   " WHERE jti = ? AND state = 'applied'", (self.clock.time(), jti))
+            return cur.rowcount == 1
 
     def _move(self, jti: str, state: JournalState, from_states: Sequence[str], result: str | None) -> None:
         marks = ",".join("?" * len(from_states))
@@ -430,9 +461,9 @@ def recovery_step(entry: JournalEntry, now: float, skew_s: float = SKEW_S) -> Re
 
 # -- the verifier ------------------------------------------------------------------------------------
 class _Reject(Exception):
-    def __init__(self, id: str | None, code: Code, message: str) -> None:
+    def __init__(self, id: str | None, code: Code, message: str, replay_of: str | None = None) -> None:
         super().__init__(message)
-        self.rejection = Rejection(id, code, message)
+        self.rejection = Rejection(id, code, message, replay_of)
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
@@ -511,10 +542,10 @@ class CommandVerifier:
             signature = _b64url(parts[2])
         except (ValueError, binascii.Error, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError too
             raise _Reject(None, "bad_request", f"not a signed command (compact JWS): {exc}") from None
+        # the claims are not trusted before the signature is: a forged token's jti is nobody's id
+        kid = self._check_signature(header, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
         hint = body.get("jti")
         jti = hint if isinstance(hint, str) and 0 < len(hint) <= MAX_ID_LEN else None
-
-        kid = self._check_signature(header, f"{parts[0]}.{parts[1]}".encode("ascii"), signature, jti)
 
         try:
             claims = Claims.model_validate(body)
@@ -545,19 +576,18 @@ class CommandVerifier:
         self.journal.maybe_prune(self.clock.time(), self.policy.skew_s)
         command = {**claims.model_dump(exclude_none=True), "params": params, "kid": kid}
         if not self.journal.begin(jti, claims.exp, command):
-            raise _Reject(jti, "replayed", f"command {jti!r} was already received")
+            raise _Reject(None, "replayed", f"command {jti!r} was already received", replay_of=jti)
         return VerifiedCommand(jti, claims.action, claims.target, params, claims.sub, claims.role,
                                tuple(claims.rooms) if claims.rooms is not None else None, claims.iat, claims.exp, kid)
 
-    def _check_signature(self, header: Mapping[str, Any], signing_input: bytes, signature: bytes,
-                         jti: str | None) -> str:
+    def _check_signature(self, header: Mapping[str, Any], signing_input: bytes, signature: bytes) -> str:
         alg = header.get("alg")
         if alg != "EdDSA":
-            raise _Reject(jti, "bad_signature", f"alg {alg!r} refused; commands are signed with EdDSA (Ed25519)")
+            raise _Reject(None, "bad_signature", f"alg {alg!r} refused; commands are signed with EdDSA (Ed25519)")
         if "crit" in header:
-            raise _Reject(jti, "bad_signature", "critical header extensions are not supported")
+            raise _Reject(None, "bad_signature", "critical header extensions are not supported")
         if len(signature) != 64:
-            raise _Reject(jti, "bad_signature", "an Ed25519 signature has 64 bytes")
+            raise _Reject(None, "bad_signature", "an Ed25519 signature has 64 bytes")
         # Keys come from the configuration only: jwk/jku/x5c headers are ignored, never trusted.
         kid = header.get("kid")
         named = [k for k in self._keys if k.kid == kid]
@@ -568,8 +598,8 @@ class CommandVerifier:
                 continue
             return key.kid
         if not self._keys:
-            raise _Reject(jti, "bad_signature", "no command keys are configured (cloud.command_keys)")
-        raise _Reject(jti, "bad_signature", "the signature does not verify with any trusted key")
+            raise _Reject(None, "bad_signature", "no command keys are configured (cloud.command_keys)")
+        raise _Reject(None, "bad_signature", "the signature does not verify with any trusted key")
 
     def _check_time(self, c: Claims, jti: str) -> None:
         now, skew = self.clock.time(), self.policy.skew_s

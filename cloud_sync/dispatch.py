@@ -3,6 +3,9 @@
 Actuating actions go through the daemon (and so through the arbiter): `ac.set` and `relay.set` as
 requests of the command's role (teacher -> TEACHER, facility/admin -> FACILITY), `door.unlock` as a
 timed flash of the door's relay channel. A room target of `ac.set` fans out to the room's ACs.
+`relay.set` drives lights and fans only; a door (or anything else) is refused here too, not only by
+the verifier, so a command journalled before that rule (and re-applied after a restart) cannot
+latch a door open.
 
 Documents (`alarm.set`, `booking.put`, `booking.delete`, `access.put`) are stored durably in the
 daemon's key-value store and answered ok; the EMS, booking and access-control services read them
@@ -21,8 +24,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from cloud_sync.commands import Status, VerifiedCommand, result_payload
-from edge.arbiter import Outcome, Source
+from cloud_sync.commands import TARGET_KINDS, Status, VerifiedCommand, result_payload
+from edge.arbiter import ApplyError, Outcome, Source
 from edge.clock import Clock, iso
 from edge.config import Config, RelayChannel
 from edge.events import EventBus, Message
@@ -35,6 +38,7 @@ EmsGate = Callable[[VerifiedCommand], bool]
 # Codes that mean "refused before acting" (status rejected); every other failure is status failed.
 REJECTED_CODES = frozenset({"bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
                             "out_of_range", "unknown_target", "denied_by_ems"})
+RELAY_SET_KINDS = TARGET_KINDS["relay.set"]
 ROLE_SOURCE = {"teacher": Source.TEACHER, "facility": Source.FACILITY, "admin": Source.FACILITY}
 
 # Key-value store keys of the stored documents.
@@ -85,7 +89,7 @@ class Dispatcher:
 
     def _result(self, cmd: VerifiedCommand, status: Status, code: str, message: str,
                 **extra: Any) -> dict[str, Any]:
-        out = result_payload(cmd.id, status, code, message, self._now())
+        out = result_payload(cmd.id, status, code, message, self.gw.clock.time(), self.gw.tz)
         out.update({k: v for k, v in extra.items() if v is not None})
         return out
 
@@ -175,11 +179,16 @@ class Dispatcher:
         return self._result(cmd, status, bad[0][1].code, f"{done} of {len(units)} units done; {msg}", states=states)
 
     async def _relay_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        kind = self.gw.kind_of.get(cmd.target)
+        if kind not in RELAY_SET_KINDS:
+            return self._result(cmd, "rejected", "bad_request",
+                                f"relay.set applies to {sorted(RELAY_SET_KINDS)}, {cmd.target!r} is a {kind}"
+                                + ("; doors open with door.unlock" if kind == "door" else ""))
         out = await self._one(cmd, cmd.target, {"on": cmd.params["on"]})
         return self._from_outcome(cmd, cmd.target, out)
 
     async def _door_unlock(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        from drivers.modbus.engine import WriteError
+        from drivers.modbus.engine import WriteError  # what the daemon raises until it raises ApplyError
 
         dev = self._device(cmd.target)
         if not isinstance(dev, RelayChannel):
@@ -189,7 +198,7 @@ class Dispatcher:
         seconds = float(cmd.params["seconds"])
         try:
             await self.gw.unlock(cmd.target, seconds)
-        except WriteError as exc:
+        except (ApplyError, WriteError) as exc:
             status: Status = "rejected" if exc.code in REJECTED_CODES else "failed"
             return self._result(cmd, status, exc.code, str(exc))
         self._event("door", {"door": cmd.target, "action": "unlock", "seconds": seconds, "by": cmd.sub,

@@ -5,6 +5,17 @@ and every (re)connection runs the caller's `session(client)` until the connectio
 re-subscribes and republishes retained state itself (clean session: the broker forgets
 subscriptions, and whatever was published while we were away never reached it). Between attempts
 the link waits a jittered exponential backoff, reset once a connection has stayed up a while.
+
+Commands and acknowledgement: paho sends the PUBACK of a QoS 1 `P/cmd` message as soon as it has
+read it, before the service has verified and journalled it (`CommandJournal.begin`). A crash in
+that window (milliseconds) loses the command: the broker considers it delivered, and the journal
+never saw it. The cloud re-sends a command whose result does not arrive (with the same token while
+it is valid: a replay, if it did arrive after all, is answered `replayed` without acting).
+Manual acks would not close the window cheaply: aiomqtt 2.5 does not expose paho's `manual_ack`
+(reaching into `client._client` would be needed), and with the clean session used here the broker
+drops an unacknowledged message with the connection anyway, so it would not be redelivered after
+the restart; closing it needs a persistent session (clean_session=False, a fixed client id), whose
+broker-side queue of stale commands is a design change of its own.
 """
 
 from __future__ import annotations

@@ -34,11 +34,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from edge.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
+_A = TypeVar("_A")
+_R = TypeVar("_R")
 
 Cls = Literal["result", "event", "telemetry"]
 CLASSES: tuple[Cls, ...] = get_args(Cls)  # also the serving priority: results first
@@ -58,6 +60,14 @@ DROP_CHUNK = 64                # oldest telemetry rows dropped per step when ove
 # rather than 4 KiB of flash (bench/outbox_bench.py measures both).
 DEFAULT_PAGE_SIZE = 1024
 WAL_LIMIT_BYTES = 4 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
+# Checkpoints. A checkpoint copies the WAL into the database and fsyncs it (in any synchronous mode):
+# on an SD card that is milliseconds to seconds. SQLite's automatic one runs inside whichever commit
+# crosses `wal_autocheckpoint` pages, which may be a commit made on the event loop. So the worker
+# threads (`aput_many`, `aack`, `next_batch`) checkpoint explicitly (and truncate the WAL) once it has
+# grown past CHECKPOINT_AT_BYTES, and the automatic one is kept only as a bound (the WAL cannot grow without
+# limit if nothing calls the threaded methods), set high enough that it normally never fires.
+CHECKPOINT_AT_BYTES = 1024 * 1024
+WAL_AUTOCHECKPOINT_PAGES = 8192    # x the page size (1 KiB by default): 8 MiB
 
 
 class OutboxFullError(OSError):
@@ -96,7 +106,8 @@ class Outbox:
     """SQLite-backed outbox; one connection behind a lock (the loop calls `put`, a thread drains).
 
     `put`/`put_many`/`ack`/`take` are synchronous and short (one transaction, no fsync with
-    synchronous=NORMAL); the `a*` variants and `next_batch` run them in a worker thread.
+    synchronous=NORMAL); the `a*` variants and `next_batch` run them in a worker thread and, there,
+    checkpoint the WAL when it has grown (see CHECKPOINT_AT_BYTES). Code on an event loop uses those.
     """
 
     def __init__(self, path: str | Path, *, max_bytes: int, clock: Clock | None = None,
@@ -125,6 +136,9 @@ class Outbox:
         # power cuts without loss passes synchronous="FULL" (and should batch its puts).
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        self._wal = Path(f"{self.path}-wal")
+        self.checkpoints = 0
         for c in CLASSES:
             self._db.execute(f"CREATE TABLE IF NOT EXISTS q_{c} (seq INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
                              " msg_id TEXT NOT NULL, ts REAL NOT NULL, payload BLOB NOT NULL)")
@@ -215,8 +229,38 @@ class Outbox:
         return seqs
 
     async def aput(self, topic: str, payload: bytes, cls: Cls, msg_id: str | None = None) -> int | None:
-        """`put` in a worker thread (for synchronous=FULL, whose fsync must not block the loop)."""
-        return await asyncio.to_thread(self.put, topic, payload, cls, msg_id)
+        """`put` in a worker thread (an fsync must not block the loop)."""
+        return (await self.aput_many([(topic, payload, cls, msg_id)]))[0]
+
+    async def aput_many(self, items: Iterable[tuple[str, bytes, Cls, str | None]]) -> list[int | None]:
+        """`put_many` in a worker thread, then a checkpoint there if the WAL has grown."""
+        batch = list(items)
+        return await asyncio.to_thread(self._in_thread, self.put_many, batch)
+
+    def _in_thread(self, fn: Callable[[_A], _R], arg: _A) -> _R:
+        out = fn(arg)
+        self.maybe_checkpoint()
+        return out
+
+    def maybe_checkpoint(self) -> bool:
+        """Checkpoint (PASSIVE) when the WAL file is past CHECKPOINT_AT_BYTES; call it off the loop."""
+        try:
+            size = self._wal.stat().st_size
+        except OSError:
+            return False
+        if size < CHECKPOINT_AT_BYTES:
+            return False
+        self.checkpoint()
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (its size then measures what came since)."""
+        with self._lock:
+            if self._closed:
+                return
+            # TRUNCATE waits for readers; this connection is the only one and holds the lock
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self.checkpoints += 1
 
     def _admit_telemetry(self, topic: str, size: int) -> bool:
         if self._bytes > TELEMETRY_THIN_AT * self.max_bytes:
@@ -282,6 +326,15 @@ class Outbox:
                                 " LIMIT ?", (self._cursor[cls], limit)).fetchall()
         return [OutboxMessage(seq, topic, bytes(payload), cls, msg_id, ts) for seq, topic, payload, msg_id, ts in rows]
 
+    def msg_ids(self, cls: Cls) -> set[str]:
+        """The msg_ids stored in one class (meant for results: a few; it reads the whole table)."""
+        if cls not in CLASSES:
+            raise ValueError(f"unknown class {cls!r}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("outbox is closed")
+            return {mid for (mid,) in self._db.execute(f"SELECT msg_id FROM q_{cls}")}
+
     def peek(self, n: int) -> list[OutboxMessage]:
         """The oldest `n` stored messages of each class, in serving order, without handing them out."""
         with self._lock:
@@ -297,7 +350,7 @@ class Outbox:
 
     async def next_batch(self, limit: int) -> list[OutboxMessage]:
         """`take` in a worker thread."""
-        return await asyncio.to_thread(self.take, limit)
+        return await asyncio.to_thread(self._in_thread, self.take, limit)
 
     async def batches(self, limit: int = 100, idle_s: float = 1.0) -> AsyncIterator[list[OutboxMessage]]:
         """Batches forever; waits (woken by `put`, or every `idle_s` real seconds) when nothing is due."""
@@ -377,7 +430,7 @@ class Outbox:
         return deleted
 
     async def aack(self, seqs: Sequence[int]) -> int:
-        return await asyncio.to_thread(self.ack, seqs)
+        return await asyncio.to_thread(self._in_thread, self.ack, seqs)
 
     # -- space -----------------------------------------------------------------------------------
     def _check_alarm(self) -> None:

@@ -9,10 +9,16 @@ Inside one TaskGroup it runs:
 * the event pump: the daemon's "event" messages go into the durable outbox (`P/event/{kind}`);
 * the state watcher: "state" messages pass per-field deadbands, are coalesced per device (latest
   wins, at most one publish per device per `STATE_MIN_INTERVAL_S`) and refreshed every `REFRESH_S`;
-* command execution: verify (CommandVerifier) -> journal -> dispatch -> journal -> outbox result.
+* command execution: verify (CommandVerifier) -> journal -> dispatch -> journal -> outbox result;
+  the PUBACK of a command's result marks it answered in the journal (`CommandJournal.delivered`).
 
 Every message on `P/cmd` gets exactly one result in the outbox. At start, commands a crash left
-unanswered are recovered (`recovery_step`) before the first new command is read.
+unanswered are recovered (`recovery_step`), re-applied ones carried out to the end, before the
+first new command is read: a newer command of the same user is never overridden by an older one.
+
+Nothing on the event loop commits to SQLite: the outbox and the journal are written in worker
+threads (`aput_many`, `aack`, `asyncio.to_thread`), so an fsync on the SD card (a FULL commit, a
+WAL checkpoint) stalls a thread, never the loop.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import AsyncGenerator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -42,9 +48,8 @@ from cloud_sync.commands import (
 from cloud_sync.dispatch import Dispatcher, EmsGate, Gateway
 from cloud_sync.keys import load_public_keys
 from cloud_sync.link import Category, LinkSettings, MqttLink, dumps
-from cloud_sync.outbox import Outbox, OutboxMessage
+from cloud_sync.outbox import Cls, Outbox, OutboxMessage
 from cloud_sync.topics import Topics, audience
-from edge.clock import iso
 from edge.events import Message
 
 log = logging.getLogger(__name__)
@@ -215,11 +220,12 @@ class CloudService:
         log.info("cloud link to %s:%d, topics %s/...", self.settings.host, self.settings.port, self.topics.base)
         return self
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, command: bool = False) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, command: bool = False) -> asyncio.Task[None]:
         task = self._tg.create_task(coro, name=name)
         group = self._commands if command else self._tasks
         group.add(task)
         task.add_done_callback(group.discard)
+        return task
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -280,14 +286,21 @@ class CloudService:
             async for batch in batches:
                 got = await asyncio.gather(*(link.publish(m.topic, m.payload, _category(m)) for m in batch),
                                            return_exceptions=True)
-                done = [m.seq for m, r in zip(batch, got, strict=True) if r is None]
+                done = [m for m, r in zip(batch, got, strict=True) if r is None]
                 if done:
-                    await self.outbox.aack(done)
-                    self.results_out += sum(1 for m, r in zip(batch, got, strict=True) if r is None
-                                            and m.cls == "result")
+                    await self.outbox.aack([m.seq for m in done])
+                    results = [m.msg_id for m in done if m.cls == "result"]
+                    if results:
+                        await asyncio.to_thread(self._delivered, results)
+                    self.results_out += len(results)
                 for r in got:
                     if isinstance(r, BaseException):
                         raise r
+
+    def _delivered(self, msg_ids: Sequence[str]) -> None:
+        """PUBACKs of results: their commands are answered now (a rejection's random id matches none)."""
+        for mid in msg_ids:
+            self.journal.delivered(mid)
 
     async def _publish_states(self) -> None:
         link, clock = self.link, self.gw.clock
@@ -323,12 +336,14 @@ class CloudService:
             batch = [await q.get()]
             while not q.empty() and len(batch) < EVENT_PUT_BATCH:
                 batch.append(q.get_nowait())
-            self._store_events(batch)
+            await self.outbox.aput_many(self._event_rows(batch))
+
+    def _event_rows(self, batch: list[Message]) -> list[tuple[str, bytes, Cls, str | None]]:
+        return [(self.topics.event(m.key), dumps(m.payload), "event", str(m.payload.get("id") or uuid.uuid4().hex))
+                for m in batch]
 
     def _store_events(self, batch: list[Message]) -> None:
-        self.outbox.put_many([(self.topics.event(m.key), dumps(m.payload), "event", str(m.payload.get("id") or
-                                                                                          uuid.uuid4().hex))
-                              for m in batch])
+        self.outbox.put_many(self._event_rows(batch))
 
     def _store_queued_events(self) -> None:
         """On the way out: whatever the bus still holds goes to disk (no event is ever dropped)."""
@@ -357,8 +372,9 @@ class CloudService:
         self.commands_in += 1
         verdict = await asyncio.to_thread(self.verifier.verify, raw)
         if isinstance(verdict, Rejection):
-            log.info("command %s rejected: %s %s", verdict.id, verdict.code, verdict.message)
-            self._answer(verdict.result(self._now()), verdict.id)
+            log.info("command %s rejected: %s %s", verdict.id or verdict.replay_of, verdict.code, verdict.message)
+            # not journalled: a random msg_id, so its PUBACK never marks a journalled command answered
+            await self._answer(verdict.result(self.gw.clock.time(), self.gw.tz), None)
             return
         await self._cmd_slots.acquire()
         self._spawn(self._run_command(verdict), f"cloud-cmd-{verdict.id[:16]}", command=True)
@@ -371,46 +387,56 @@ class CloudService:
                 result = await self.dispatcher.execute(cmd, wait_online_s=wait_online_s)
             except Exception as exc:  # a bug must still produce a result, and not take the service down
                 log.exception("command %s failed", cmd.id)
-                result = result_payload(cmd.id, "failed", "write_failed", f"internal error: {exc}", self._now())
+                result = result_payload(cmd.id, "failed", "write_failed", f"internal error: {exc}",
+                                        self.gw.clock.time(), self.gw.tz)
             await asyncio.to_thread(self.journal.applied, cmd.id, result)
-            self._answer(result, cmd.id)
-            await asyncio.to_thread(self.journal.answered, cmd.id)
+            await self._answer(result, cmd.id)  # answered in the journal on its PUBACK (_drain)
         finally:
             self._cmd_slots.release()
 
-    def _answer(self, result: Mapping[str, Any], msg_id: str | None) -> None:
-        self.outbox.put(self.topics.cmd_result, dumps(result), "result", msg_id=msg_id or uuid.uuid4().hex)
-
-    def _now(self) -> str:
-        return iso(self.gw.clock.time(), self.gw.tz)
+    async def _answer(self, result: Mapping[str, Any], msg_id: str | None) -> None:
+        await self.outbox.aput(self.topics.cmd_result, dumps(result), "result", msg_id=msg_id or uuid.uuid4().hex)
 
     async def _recover(self) -> None:
-        """Commands a crash left between receipt and result (CommandJournal's protocol)."""
+        """Commands a crash left between receipt and result (CommandJournal's protocol).
+
+        New commands wait (`_recovered`) until every re-applied one has been carried out: each may
+        wait up to RECOVERY_WAIT_S for its device, and a newer command of the same user read
+        meanwhile would be applied first and then overridden by the older one.
+        """
+        reapplied: list[asyncio.Task[None]] = []
         try:
-            for entry in await asyncio.to_thread(self.journal.pending):
-                await self._recover_one(entry)
+            pending = await asyncio.to_thread(self.journal.pending)
+            if pending:
+                in_outbox = await asyncio.to_thread(self.outbox.msg_ids, "result")
+                for entry in pending:
+                    task = await self._recover_one(entry, in_outbox)
+                    if task is not None:
+                        reapplied.append(task)
+            if reapplied:
+                await asyncio.wait(reapplied)
         finally:
             self._recovered.set()
 
-    async def _recover_one(self, e: JournalEntry) -> None:
+    async def _recover_one(self, e: JournalEntry, in_outbox: set[str]) -> asyncio.Task[None] | None:
         step = recovery_step(e, self.gw.clock.time())
         log.warning("command %s (%s) interrupted by a restart in state %s: %s", e.jti, e.command.get("action"),
                     e.state, step)
         if step == "republish" and e.result is not None:
-            self._answer(e.result, e.jti)
-            await asyncio.to_thread(self.journal.answered, e.jti)
+            if e.jti not in in_outbox:  # still stored: the drain sends it; once more would only be a duplicate
+                await self._answer(e.result, e.jti)
         elif step == "reapply":
             c = e.command
             cmd = VerifiedCommand(e.jti, str(c["action"]), str(c["target"]), dict(c.get("params", {})),
                                   str(c["sub"]), c["role"], tuple(c["rooms"]) if c.get("rooms") is not None else None,
                                   float(c["iat"]), float(c["exp"]), str(c.get("kid", "")))
             await self._cmd_slots.acquire()
-            self._spawn(self._run_command(cmd, wait_online_s=RECOVERY_WAIT_S), f"cloud-recover-{e.jti[:16]}",
-                        command=True)
+            return self._spawn(self._run_command(cmd, wait_online_s=RECOVERY_WAIT_S), f"cloud-recover-{e.jti[:16]}",
+                               command=True)
         else:
             result = result_payload(e.jti, "failed", "write_failed", "interrupted by a restart; not repeated",
-                                    self._now())
+                                    self.gw.clock.time(), self.gw.tz)
             if e.state == "received":
                 await asyncio.to_thread(self.journal.applied, e.jti, result)
-            self._answer(result, e.jti)
-            await asyncio.to_thread(self.journal.answered, e.jti)
+            await self._answer(result, e.jti)
+        return None

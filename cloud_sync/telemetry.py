@@ -335,6 +335,7 @@ class TelemetryWriter:
         self.stats_ = TelemetryStats()
         self._memory: list[tuple[str, str]] = []    # (device or "ems", line) not yet sent nor buffered
         self._sending: list[tuple[str, str]] = []   # taken from _memory by a POST still in flight
+        self._spilling: set[asyncio.Future[Any]] = set()  # buffer inserts running in worker threads
         self._token: str | None = None
         self._wake = asyncio.Event()
         self._sub: Subscription | None = None
@@ -371,7 +372,7 @@ class TelemetryWriter:
             log.warning("telemetry: server slow at shutdown; points stay buffered")
         finally:
             self._unsend()
-            self._persist()
+            await self._persist()
             self.buffer.close()
 
     # -- producing -------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ class TelemetryWriter:
     def _emit(self, key: str, points: Sequence[Point]) -> None:
         self._memory += [(key, p.line()) for p in points]
         if len(self._memory) >= MEMORY_MAX_LINES:
-            self._persist()
+            self._spill()
             self._wake.set()
 
     def _close_windows(self, force: bool = False) -> None:
@@ -432,7 +433,7 @@ class TelemetryWriter:
             self._wake.clear()
             self._close_windows()
             if retry_at is not None and time.monotonic() < retry_at:
-                self._persist()
+                await self._persist()
                 continue
             retry_in = await self.flush()
             retry_at = None if retry_in is None else time.monotonic() + retry_in
@@ -455,9 +456,9 @@ class TelemetryWriter:
                     self._sending = []
                 else:
                     self._unsend()
-                    self._persist()
+                    await self._persist()
                     return self._backoff(res)
-        self._persist()
+        await self._persist()
         return await self._drain()
 
     async def _drain(self) -> float | None:
@@ -521,12 +522,39 @@ class TelemetryWriter:
         """A POST from memory that got no usable answer (or was cancelled): its lines are due again."""
         self._memory, self._sending = self._sending + self._memory, []
 
-    def _persist(self) -> None:
+    async def _persist(self) -> None:
+        """Memory to the buffer; returns once every insert started so far has committed."""
+        self._spill()
+        if self._spilling:
+            await asyncio.wait(set(self._spilling))
+
+    def _spill(self) -> None:
+        """Start moving memory to the buffer in a worker thread: up to MEMORY_MAX_LINES rows in one
+        transaction (and maybe a WAL checkpoint) is disk I/O the event loop must not wait for."""
         if not self._memory:
             return
         lines, self._memory = self._memory, []
-        self.buffer.put_many((key, line.encode(), "telemetry", "") for key, line in lines)
-        self.stats_.buffered += len(lines)
+        rows: list[tuple[str, bytes, Literal["telemetry"], str | None]] = [
+            (key, line.encode(), "telemetry", "") for key, line in lines]
+        fut = asyncio.get_running_loop().run_in_executor(None, self._store, rows)
+        self._spilling.add(fut)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._spilling.discard(f)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                self.stats_.last_error = f"buffer: {exc}"
+                log.error("telemetry: %d points could not be buffered: %s", len(rows), exc)
+            else:
+                self.stats_.buffered += len(rows)
+
+        fut.add_done_callback(done)
+
+    def _store(self, rows: list[tuple[str, bytes, Literal["telemetry"], str | None]]) -> None:
+        self.buffer.put_many(rows)
+        self.buffer.maybe_checkpoint()
 
     def _read_token(self) -> str | None:
         if self._token is None and self.influx.token_file is not None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiomqtt
 import pytest
@@ -131,6 +133,7 @@ async def test_signed_command_switches_the_ac_on(site: tuple[VirtualSchool, Daem
     res = await w.result(c["jti"])
     assert res["status"] == "ok", res
     assert res["code"] == "ok"
+    assert res["ts"].endswith("+08:00")  # the site's zone (Asia/Taipei), whatever the system's is
     assert res["state"]["power_on"] is True
     assert res["state"]["setpoint_c"] == 27
     assert school.ac("ac-301a").power_on is True
@@ -164,8 +167,10 @@ async def test_hostile_commands_are_answered_and_change_nothing(site: tuple[Virt
         c = claims(**over)
         cases.append((c["jti"], sign_command(token_key, c, kid=kid), code))
 
-    case("bad_signature", okey, kid=key_id(key.public_key()))             # forged: another key, our kid
-    case("bad_signature", okey, kid=other.kid)                             # unknown key
+    forged = claims()                                                      # a real command's jti ...
+    forged_jti = forged["jti"]
+    await w.send(sign_command(okey, forged, kid=key_id(key.public_key())))  # ... in a forged token, our kid
+    await w.send(sign_command(okey, claims(), kid=other.kid))              # unknown key
     case("wrong_audience", aud="014601/gw-other")
     case("expired", iat=now - 200, exp=now - 100)
     case("forbidden", role="teacher", sub="T123", rooms=["302"], target="ac-301a")
@@ -175,6 +180,9 @@ async def test_hostile_commands_are_answered_and_change_nothing(site: tuple[Virt
     case("bad_request", params={"power_on": True, "colour": "blue"})      # unknown field
     case("forbidden", role="teacher", sub="T123", rooms=["301"], action="access.put", target="site",
          params={"version": 1, "cards": []})
+    # a door only opens by door.unlock (a self-ending pulse), never latched by relay.set, even in the teacher's room
+    case("bad_request", role="teacher", sub="T123", rooms=["101"], action="relay.set", target="door-101",
+         params={"on": True})
     for _jti, token, _code in cases:
         await w.send(token)
     await w.send(b"{not a token")
@@ -183,13 +191,14 @@ async def test_hostile_commands_are_answered_and_change_nothing(site: tuple[Virt
     for jti, _token, code in cases:
         res = await w.result(jti)
         assert (res["status"], res["code"]) == ("rejected", code), (code, res)
-    nulls = await w.wait_for(lambda t, b, _r: t == w.topics.cmd_result and sum(
-        1 for tt, bb, _ in w.messages if tt == w.topics.cmd_result and bb["id"] is None) >= 3)
-    del nulls
+    await w.wait_for(lambda t, b, _r: t == w.topics.cmd_result and sum(
+        1 for tt, bb, _ in w.messages if tt == w.topics.cmd_result and bb["id"] is None) >= 5)
     null_results = [b for t, b, _ in w.messages if t == w.topics.cmd_result and b["id"] is None]
-    assert len(null_results) == 3
-    assert {b["code"] for b in null_results} == {"bad_request"}
+    assert len(null_results) == 5
+    assert sorted(b["code"] for b in null_results) == ["bad_request"] * 3 + ["bad_signature"] * 2
     assert any("bytes" in b["message"] for b in null_results)
+    # the forged token's jti was never echoed: the cloud sees no result under that id
+    assert not any(b.get("id") == forged_jti for t, b, _ in w.messages if t == w.topics.cmd_result)
 
     # a replay of a command that was carried out is refused, and the first one was applied once
     good = claims(target="ac-302a", params={"setpoint_c": 27})
@@ -198,21 +207,33 @@ async def test_hostile_commands_are_answered_and_change_nothing(site: tuple[Virt
     assert (await w.result(good["jti"]))["status"] == "ok"
     after_good = snapshot(school)
     await w.send(token)
-    await w.wait_for(lambda t, b, _r: t == w.topics.cmd_result and b["id"] == good["jti"] and b["code"] == "replayed")
+    _, replay, _ = await w.wait_for(lambda t, b, _r: t == w.topics.cmd_result and b.get("replay_of") == good["jti"])
+    assert (replay["id"], replay["status"], replay["code"]) == (None, "rejected", "replayed")
+    assert [b["status"] for t, b, _ in w.messages if t == w.topics.cmd_result and b["id"] == good["jti"]] == ["ok"]
     assert snapshot(school) == after_good
     assert {k: v for k, v in after_good["acs"].items() if k != "ac-302a"} == \
         {k: v for k, v in before["acs"].items() if k != "ac-302a"}
     assert after_good["relay"] == before["relay"]
-    # exactly one result per message: 10 signed + 3 unsigned + the good one + its replay
+    # exactly one result per message: the signed cases + 2 forged + 3 unsigned + the good one + its replay
     results = [b for t, b, _ in w.messages if t == w.topics.cmd_result]
-    assert len(results) == len(cases) + 3 + 2
+    assert len(results) == len(cases) + 2 + 3 + 2
     assert daemon.cloud.stats()["connected"]
 
 
 async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool, Daemon, Watcher],
-                                                      keys: tuple[Path, Path]) -> None:
+                                                      keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     school, daemon, w = site
     key = load_private_key(keys[0])
+    # every outbox commit (events from the pump, results) is made in a worker thread, never on the loop
+    stored: list[tuple[str, bool]] = []
+    real_put_many = daemon.cloud.outbox.put_many
+
+    def spy(items: Any) -> list[int | None]:
+        items = list(items)
+        stored.extend((cls, threading.current_thread() is threading.main_thread()) for _, _, cls, _ in items)
+        return real_put_many(items)
+
+    monkeypatch.setattr(daemon.cloud.outbox, "put_many", spy)
 
     async def run(**over: Any) -> dict[str, Any]:
         c = claims(**over)
@@ -266,6 +287,8 @@ async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool,
                                        and b.get("code") == "offline")
     assert ev["kind"] == "fault"
     assert not retained
+    assert {cls for cls, _ in stored} == {"event", "result"}
+    assert not [cls for cls, on_loop in stored if on_loop]
 
 
 @pytest.mark.parametrize("site", ["own_broker"], indirect=True)
@@ -352,6 +375,8 @@ async def test_payloads_of_a_running_daemon_match_the_asyncapi_document(
     await w.send(b"garbage")
     for c in sent:
         await w.result(c["jti"])
+    await w.send(sign_command(key, sent[0]))  # a replay: id null, replay_of the jti
+    await w.wait_for(lambda tt, b, _r: tt == t.cmd_result and b.get("replay_of") == sent[0]["jti"])
     school.set_fault("relay-1", "silent")
     await w.wait_for(lambda tt, b, _r: tt == t.event("fault") and b["device"] == "relay-1" and b["code"] == "offline",
                      15)
@@ -400,7 +425,8 @@ async def test_restart_recovers_unanswered_commands_without_applying_twice(
     journal.begin("r-ac", now + 60, cmd("r-ac", "ac.set", "ac-302a", {"power_on": True, "setpoint_c": 28}))
     journal.begin("r-door", now + 60, cmd("r-door", "door.unlock", "door-101", {"seconds": 5}))
     journal.begin("r-light", now + 60, cmd("r-light", "relay.set", "light-301", {"on": True}))
-    journal.applied("r-light", result_payload("r-light", "ok", "ok", "applied before the crash", now))
+    journal.applied("r-light", result_payload("r-light", "ok", "ok", "applied before the crash", now,
+                                                ZoneInfo(cfg.site.timezone)))
     journal.close()
     async with VirtualSchool(cfg, speed=1) as school, \
             aiomqtt.Client("127.0.0.1", broker.port, identifier="app-recovery") as app:
@@ -422,3 +448,83 @@ async def test_restart_recovers_unanswered_commands_without_applying_twice(
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
     assert sum(1 for t, b, _ in w.messages if t == topics.cmd_result) == 3
+
+
+def _delete_outbox(store: Path) -> int:
+    files = list(store.glob("outbox.db*"))
+    for f in files:
+        f.unlink()
+    return len(files)
+
+
+@pytest.mark.timeout(60)
+async def test_a_result_lost_from_the_outbox_is_delivered_from_the_journal(
+        tmp_path: Path, own_broker: Broker, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloud_sync.link
+
+    monkeypatch.setattr(cloud_sync.link, "BACKOFF_MAX_S", 0.5)
+    cfg = Config.model_validate(small_school(tmp_path, modbus_port=free_port(), broker_port=own_broker.port,
+                                             pub_key=keys[1]))
+    topics = Topics.for_config(cfg)
+    c = claims(action="alarm.set", target="site", params={"levels": [{"level": "warning", "demand_kw": 170}]})
+    own_broker.stop()
+    async with VirtualSchool(cfg, speed=1) as school:
+        async with Daemon(cfg, status_port=0) as daemon:
+            await daemon.cloud.handle_command(sign_command(load_private_key(keys[0]), c).encode())
+            await until(lambda: daemon.cloud.outbox.stats().pending["result"] == 1 and not daemon.cloud._commands, 5)
+            # the broker never acknowledged it: the journal must not say "answered"
+            assert [e.jti for e in daemon.cloud.journal.pending()] == [c["jti"]]
+        # a power cut: the journal's commits (synchronous=FULL) survive, the outbox's last one (NORMAL) may not
+        assert _delete_outbox(Path(cfg.storage.path)) >= 1
+        own_broker.restart()
+        async with aiomqtt.Client("127.0.0.1", own_broker.port, identifier="app-lost-result") as app:
+            await app.subscribe(topics.cmd_result, qos=1)
+            w = Watcher(app, topics)
+            reader = asyncio.create_task(w.run(), name="test-watcher-lost")
+            try:
+                async with Daemon(cfg, status_port=0) as daemon:
+                    res = await w.result(c["jti"], 15)
+                    assert (res["status"], res["code"]) == ("ok", "ok"), res
+                    await until(lambda: not daemon.cloud.journal.pending(), 5)  # answered once acknowledged
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        del school
+    assert sum(1 for t, b, _ in w.messages if t == topics.cmd_result and b["id"] == c["jti"]) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_newer_command_is_not_overridden_by_an_older_one_recovered_at_start(
+        tmp_path: Path, broker: Broker, keys: tuple[Path, Path]) -> None:
+    from cloud_sync.commands import CommandJournal
+
+    cfg = Config.model_validate(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
+                                             pub_key=keys[1]))
+    topics = Topics.for_config(cfg)
+    # a crash after receipt of an older command of F001: re-applied at start, once its unit answers
+    old = claims(jti="old-302", iat=time.time() - 5, target="ac-302a", params={"power_on": True, "setpoint_c": 28})
+    journal = CommandJournal(Path(cfg.storage.path) / "commands.db")
+    journal.begin(old["jti"], old["exp"], {**old, "kid": "k"})
+    journal.close()
+    new = claims(target="ac-302a", params={"power_on": True, "setpoint_c": 26})  # the same user, later
+    async with VirtualSchool(cfg, speed=1) as school, \
+            aiomqtt.Client("127.0.0.1", broker.port, identifier="app-recover-order") as app:
+        await app.subscribe(topics.all, qos=1)
+        w = Watcher(app, topics)
+        reader = asyncio.create_task(w.run(), name="test-watcher-order")
+        try:
+            school.set_fault("ac-302a", "silent")  # the recovered command waits for its unit ...
+            async with Daemon(cfg, status_port=0):
+                await w.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True)
+                await w.send(sign_command(load_private_key(keys[0]), new))
+                await asyncio.sleep(1.0)  # ... and a new command read meanwhile would run first
+                school.set_fault("ac-302a", None)
+                first = await w.result(old["jti"], 30)
+                second = await w.result(new["jti"], 30)
+                assert (first["status"], second["status"]) == ("ok", "ok"), (first, second)
+                results = [b["id"] for t, b, _ in w.messages if t == topics.cmd_result]
+                assert results.index(old["jti"]) < results.index(new["jti"])
+                assert school.ac("ac-302a").setpoint_c == 26  # the newer one stands
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,6 +47,7 @@ from edge.clock import ManualClock
 from edge.config import load_config
 
 NOW = 1_780_000_000.0
+TZ = ZoneInfo("Asia/Taipei")
 AUD = "014601/gw-a"
 TARGETS = {
     "301": Target("room", "301"), "302": Target("room", "302"), "101": Target("room", "101"),
@@ -126,7 +128,10 @@ def test_forged_signature_does_not_burn_the_jti(env: Env) -> None:
     forged = head + b"." + body + b"." + b64(bytes(raw)).encode()
     out = env.verify(forged)
     assert isinstance(out, Rejection)
-    assert (out.id, out.code) == ("c-1", "bad_signature")
+    # id null: the jti of a token whose signature fails is nobody's (a result under a real command's
+    # id would tell the cloud that command was refused)
+    assert (out.id, out.code) == (None, "bad_signature")
+    assert out.result(NOW, TZ)["id"] is None
     # claims changed after signing (a teacher's token re-aimed at another room)
     other = b64(json.dumps(claims(target="ac-302a", rooms=["301", "302"])).encode()).encode()
     assert env.code(head + b"." + other + b"." + sig) == "bad_signature"
@@ -140,7 +145,7 @@ def test_unknown_key(env: Env) -> None:
     none = env.make(keys=[])
     out = env.verify(env.sign(jti="x"), none)
     assert isinstance(out, Rejection)
-    assert out.code == "bad_signature"
+    assert (out.id, out.code) == (None, "bad_signature")
     assert "no command keys" in out.message
 
 
@@ -157,7 +162,7 @@ def test_other_algs_refused(env: Env, alg: Any) -> None:
     tok = _token(header, claims(), lambda m: hmac.new(pem, m, hashlib.sha256).digest())
     out = env.verify(tok)
     assert isinstance(out, Rejection)
-    assert out.code == "bad_signature"
+    assert (out.id, out.code) == (None, "bad_signature")
     unsigned = tok.rsplit(b".", 1)[0] + b"."
     assert env.code(unsigned) == "bad_signature"
 
@@ -201,7 +206,11 @@ def test_replayed_also_after_restart(env: Env) -> None:
     assert env.code(tok) == "ok"
     out = env.verify(tok)
     assert isinstance(out, Rejection)
-    assert (out.id, out.code) == ("c-1", "replayed")
+    # id null, the original named apart: the cloud de-duplicates results by id, and the first
+    # delivery's own result (maybe not even sent yet) is the one that answers "c-1"
+    assert (out.id, out.code, out.replay_of) == (None, "replayed", "c-1")
+    res = out.result(NOW, TZ)
+    assert (res["id"], res["status"], res["code"], res["replay_of"]) == (None, "rejected", "replayed", "c-1")
     env.verifier.journal.close()
     env.verifier = env.make()  # a restart: a new process opens the same database
     assert env.code(tok) == "replayed"
@@ -264,6 +273,21 @@ def test_unknown_target_and_wrong_kind(env: Env) -> None:
     assert env.code(env.sign(jti="u1", target="ac-999")) == "unknown_target"
     assert env.code(env.sign(jti="u2", role="admin", action="relay.set", target="ac-301a",
                              params={"on": True})) == "bad_request"
+
+
+@pytest.mark.parametrize("role", ["teacher", "facility", "admin"])
+def test_relay_set_never_drives_a_door(env: Env, role: str) -> None:
+    # a latched relay would hold the door open with no re-lock, no 600 s cap and no door event
+    out = env.verify(env.sign(jti=f"rd-{role}", role=role, rooms=["101"], action="relay.set", target="door-101",
+                              params={"on": True}))
+    assert isinstance(out, Rejection)
+    assert (out.id, out.code) == (f"rd-{role}", "bad_request")
+    assert "door" in out.message
+    assert not env.verifier.journal.seen(f"rd-{role}")  # refused before the journal: nothing to carry out
+    assert env.code(env.sign(jti=f"du-{role}", role=role, rooms=["101"], action="door.unlock", target="door-101",
+                             params={"seconds": 5})) == "ok"
+    assert env.code(env.sign(jti=f"rl-{role}", role=role, rooms=["301"], action="relay.set", target="light-301",
+                             params={"on": True})) == "ok"
     assert env.code(env.sign(jti="u3", role="admin", action="access.put", target="site",
                              params={"version": 3, "cards": [{"card": "13961168", "doors": ["door-999"]}]})) \
         == "unknown_target"
@@ -367,9 +391,9 @@ def test_journal_protocol(tmp_path: Path) -> None:
     assert not j.begin("a", NOW + 60, {"action": "ac.set"})
     assert j.begin("b", NOW + 60, {"action": "door.unlock"})
     assert j.begin("c", NOW + 60, {"action": "relay.set"})
-    result = result_payload("a", "ok", "ok", "applied", NOW, state={"power_on": True})
+    result = result_payload("a", "ok", "ok", "applied", NOW, TZ, state={"power_on": True})
     j.applied("a", result)
-    j.applied("c", result_payload("c", "ok", "ok", "applied", NOW))
+    j.applied("c", result_payload("c", "ok", "ok", "applied", NOW, TZ))
     j.answered("c")
     with pytest.raises(ValueError, match="answered"):
         j.applied("c", {})
@@ -392,12 +416,25 @@ def test_journal_protocol(tmp_path: Path) -> None:
 
 
 def test_result_payload() -> None:
-    r = result_payload(None, "rejected", "bad_request", "not a signed command", 1_780_000_000.0)
+    r = result_payload(None, "rejected", "bad_request", "not a signed command", 1_780_000_000.0, TZ)
     assert set(r) == {"id", "status", "code", "message", "ts"}
     assert r["id"] is None
-    assert r["ts"].startswith("20")
-    assert r["ts"][-6] in "+-"
-    assert Rejection("x", "expired", "m").result("2026-06-16T08:00:00+08:00")["ts"] == "2026-06-16T08:00:00+08:00"
+    assert r["ts"] == "2026-05-29T04:26:40.000+08:00"
+
+
+@pytest.mark.parametrize("system_tz", ["UTC", "America/New_York"])
+def test_result_ts_carries_the_site_zone_not_the_systems(system_tz: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", system_tz)
+    time.tzset()
+    try:
+        assert result_payload("a", "ok", "ok", "m", NOW, TZ)["ts"].endswith("+08:00")
+        assert Rejection("x", "expired", "m").result(NOW, TZ)["ts"] == "2026-05-29T04:26:40.000+08:00"
+        assert Rejection(None, "replayed", "m", "x").result(NOW, ZoneInfo("Europe/Berlin"))["ts"].endswith("+02:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_keys_files(tmp_path: Path) -> None:

@@ -8,12 +8,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cloud_sync.outbox import ALARM_AT, TELEMETRY_KEEP_EVERY, Outbox, OutboxStats
+from cloud_sync.outbox import ALARM_AT, TELEMETRY_KEEP_EVERY, WAL_AUTOCHECKPOINT_PAGES, Outbox, OutboxStats
 from edge.clock import ManualClock
 
 MB = 1024 * 1024
@@ -247,3 +248,37 @@ def test_sigkill_loses_nothing_that_put_returned(tmp_path: Path, kill_after_s: f
         elif seq not in maybe:  # an ack in progress at the kill may or may not have committed
             assert by_seq.get(seq) == mid, f"message {mid} (seq {seq}) lost"
     ob.close()
+
+
+async def test_checkpoints_run_in_worker_threads_and_the_automatic_one_is_only_a_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a checkpoint fsyncs: on an SD card that must stall a worker thread, never the event loop
+    monkeypatch.setattr("cloud_sync.outbox.CHECKPOINT_AT_BYTES", 64 * 1024)
+    ob = make(tmp_path)
+    try:
+        assert ob._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_AUTOCHECKPOINT_PAGES
+        on_loop: list[bool] = []
+        real_put, real_checkpoint = ob.put_many, ob.checkpoint
+
+        def put_spy(items: object) -> list[int | None]:
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return real_put(items)  # type: ignore[arg-type]
+
+        def checkpoint_spy() -> None:
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            real_checkpoint()
+
+        monkeypatch.setattr(ob, "put_many", put_spy)
+        monkeypatch.setattr(ob, "checkpoint", checkpoint_spy)
+        for i in range(30):
+            seqs = await ob.aput_many([("p/event/card", b"x" * 1000, "event", f"e{i}-{j}") for j in range(10)])
+            assert None not in seqs
+        assert 2 <= ob.checkpoints <= 10  # ~300 KiB of WAL, a checkpoint per 64 KiB (not one per put)
+        assert (tmp_path / "outbox.db-wal").stat().st_size < 64 * 1024 + 32 * 1024
+        assert not any(on_loop)
+        await ob.aack([m.seq for m in await ob.next_batch(300)])
+        assert not any(ob.stats().pending.values())
+    finally:
+        ob.close()
+    with make(tmp_path) as again:
+        assert not any(again.stats().pending.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -363,3 +364,29 @@ async def test_memory_overflow_while_a_post_is_in_flight_loses_and_repeats_nothi
         assert tw.stats().buffered > 0
     sent = [float(x.split("power_w=")[1].split(",")[0]) for r in srv.requests for x in r["lines"]]
     assert sorted(sent) == [float(i) for i in range(200)]
+
+
+async def test_buffer_inserts_run_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # up to MEMORY_MAX_LINES rows in one transaction, every flush_s during an outage: never on the loop
+    monkeypatch.setattr("cloud_sync.telemetry.MEMORY_MAX_LINES", 20)
+    bus = EventBus()
+    down = f"http://127.0.0.1:{free_port()}"
+    t0 = round(time.time(), 3)
+    on_loop: list[bool] = []
+    async with writer(make_cfg(down, "gw-thread"), bus, tmp_path) as tw:
+        real = tw.buffer.put_many
+
+        def spy(items: Any) -> list[int | None]:
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return real(items)
+
+        monkeypatch.setattr(tw.buffer, "put_many", spy)
+        for i in range(100):  # some spill at the memory bound, the rest go to disk when a POST fails
+            bus.publish(Message("state", "meter-main", meter_state(t0 + i / 100, float(i)), t0 + i / 100))
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
+        await until(lambda: tw.stats().buffered == 100)
+    assert on_loop
+    assert not any(on_loop), on_loop
+    with Outbox(tmp_path / "telemetry.db", max_bytes=64 * 1024 * 1024) as ob:
+        assert len(ob.peek(1000)) == 100
