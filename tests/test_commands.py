@@ -524,3 +524,68 @@ def test_resolver_from_the_example_config(tmp_path: Path) -> None:
     tok = sign_command(key, claims(aud=v.audience, target=ac.id, rooms=[ac.room]))
     assert isinstance(v.verify(tok.encode()), VerifiedCommand)
     v.journal.close()
+
+
+class _Gateway:
+    """What the dispatcher sees of the daemon; `unlock` raises what the daemon raises, `command` records."""
+
+    def __init__(self, root: Path, error: Exception | None = None) -> None:
+        from mqtt_broker import small_school
+
+        from edge.config import Config
+        from edge.events import EventBus
+
+        self.cfg = Config.model_validate(small_school(root, modbus_port=1, broker_port=None, pub_key=None))
+        self.clock = ManualClock(NOW)
+        self.bus = EventBus()
+        self.store = None
+        self.states: dict[str, dict[str, Any]] = {"relay-1": {"online": True}}
+        self.kind_of = {d.id: d.kind for d in self.cfg.devices}
+        self.tz = TZ
+        self.error = error
+        self.commanded: list[str] = []
+        self.unlocked: list[str] = []
+
+    async def command(self, target: str, fields: Any, source: Any, requester: str | None = None,
+                      hold_s: float | None = None) -> Any:
+        self.commanded.append(target)
+        raise AssertionError(f"{target} must not be commanded")
+
+    async def unlock(self, door_id: str, seconds: float) -> None:
+        self.unlocked.append(door_id)
+        if self.error is not None:
+            raise self.error
+
+
+def _cmd(action: str, target: str, params: dict[str, Any]) -> VerifiedCommand:
+    return VerifiedCommand("j-1", action, target, params, "T042", "teacher", ("101",), NOW, NOW + 60, "k")
+
+
+async def test_dispatcher_never_drives_a_door_with_relay_set(tmp_path: Path) -> None:
+    # also a command journalled before the verifier refused it, re-applied after a restart
+    from cloud_sync.dispatch import Dispatcher
+
+    gw = _Gateway(tmp_path)
+    res = await Dispatcher(gw).execute(_cmd("relay.set", "door-101", {"on": True}))  # type: ignore[arg-type]
+    assert (res["id"], res["status"], res["code"]) == ("j-1", "rejected", "bad_request")
+    assert "door.unlock" in res["message"]
+    assert res["ts"].endswith("+08:00")
+    assert gw.commanded == []
+    assert gw.unlocked == []
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ("apply:device_offline", "failed"), ("apply:write_failed", "failed"), ("apply:unknown_target", "rejected"),
+    ("write:write_failed", "failed"),  # the drivers' WriteError, until the daemon raises ApplyError
+])
+async def test_dispatcher_answers_unlock_errors_of_the_daemon(tmp_path: Path, error: str, status: str) -> None:
+    from cloud_sync.dispatch import Dispatcher
+    from drivers.modbus.engine import WriteError
+    from edge.arbiter import ApplyError
+
+    kind, code = error.split(":")
+    exc: Exception = ApplyError(code, "no answer") if kind == "apply" else WriteError(code, "no answer")  # type: ignore[arg-type]
+    gw = _Gateway(tmp_path, exc)
+    res = await Dispatcher(gw).execute(_cmd("door.unlock", "door-101", {"seconds": 5}))  # type: ignore[arg-type]
+    assert (res["status"], res["code"]) == (status, code)
+    assert gw.unlocked == ["door-101"]
