@@ -75,7 +75,7 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--fan", choices=["auto", "low", "medium", "high"])
     common(a, True)
 
-    r = sub.add_parser("relay", help="switch a light, fan or door relay channel")
+    r = sub.add_parser("relay", help="switch a light or fan relay channel (doors: use door)")
     r.add_argument("target", metavar="DEVICE")
     onoff = r.add_mutually_exclusive_group(required=True)
     onoff.add_argument("--on", dest="on", action="store_const", const=True)
