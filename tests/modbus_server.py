@@ -3,7 +3,8 @@
 `Unit` is one slave's register image, filled through the profile codec (so the bytes on the wire
 are what a device holding those values sends).  `Server` counts every request it receives and can
 be told to misbehave per unit: stay silent, answer garbage, answer exceptions for address ranges,
-or answer slowly.
+or answer slowly (a whole unit, or only the requests that start at one address).  It also counts
+the connections clients open to it.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ class Server:
     garbage: set[int] = field(default_factory=set)  # answer these with junk bytes
     refuse: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)  # unit -> [(fc, start, end)]
     delay_s: dict[int, float] = field(default_factory=dict)  # unit -> seconds before answering
+    slow: dict[tuple[int, int], float] = field(default_factory=dict)  # (unit, start address) -> delay instead
     on_write: dict[int, Action] = field(default_factory=dict)  # unit -> hook run on writes
     counts: Counter[tuple[int, int, int, int]] = field(default_factory=Counter)  # (unit, fc, addr, count)
     log: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # (monotonic, unit, fc, addr, count)
     frames: list[bytes] = field(default_factory=list)  # raw request bytes as received
+    connects: int = 0  # connections opened by clients (TCP)
     port: int = 0
     rtu: bool = False
     _server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -138,7 +141,7 @@ class Server:
     def _action(self, unit: int) -> Callable[..., Awaitable[ExcCodes | None]]:
         async def action(fc: int, _start: int, address: int, count: int, _regs: list[int],
                          values: list[int] | list[bool] | None) -> ExcCodes | None:
-            if delay := self.delay_s.get(unit):
+            if delay := self.slow.get((unit, address), self.delay_s.get(unit)):
                 await asyncio.sleep(delay)
             for r_fc, start, end in self.refuse.get(unit, ()):
                 if fc == r_fc and address < end and start < address + count:
@@ -149,6 +152,9 @@ class Server:
 
         return action
 
+    def _trace_connect(self, connected: bool) -> None:
+        self.connects += connected
+
     # -- lifecycle -------------------------------------------------------------------------------
     def _devices(self) -> list[SimDevice]:
         return [u.device(self._action(u.id)) for u in self.units]
@@ -158,7 +164,7 @@ class Server:
         self.rtu = framer == FramerType.RTU
         server = ModbusTcpServer(self._devices(), framer=framer, address=(LOOPBACK, self.port),
                                  trace_pdu=self._trace_pdu, trace_packet=self._trace_packet,
-                                 custom_pdu=[WaveshareCoilRequest])
+                                 trace_connect=self._trace_connect, custom_pdu=[WaveshareCoilRequest])
         await server.serve_forever(background=True)
         self.port = server.transport.sockets[0].getsockname()[1]
         self._server = server

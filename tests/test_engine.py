@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from modbus_server import LOOPBACK, Recorder, Server, Unit, engine_tasks, pty_pair, wait_for
 
-from drivers.modbus import tools
+from drivers.modbus import tools, transport
 from drivers.modbus.engine import ModbusBus, ModbusEngine, WriteError
 from drivers.modbus.planner import DeviceSpec, plan
 from drivers.modbus.profile import load_profile
-from drivers.modbus.transport import DeviceException, Disconnected
+from drivers.modbus.transport import DeviceException, Disconnected, Timeout
 from edge.config import Config, RtuBus, TcpBus
 
 COOLMASTER = load_profile("coolmasternet")
@@ -296,6 +296,41 @@ async def test_reconnects_after_the_server_comes_back() -> None:
     assert bus.stats()["connects"] >= 2
 
 
+async def test_slow_and_dead_units_with_long_timeouts_never_drop_the_shared_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A device's timeout_s may exceed the bus' (and the connect timeout); only our own timeout may
+    # decide that a device did not answer, or pymodbus calls the slow answer garbage and, after a
+    # few in a row, closes the TCP connection that every device on the gateway shares.
+    monkeypatch.setattr(transport, "CONNECT_TIMEOUT_S", 0.2)
+    healthy = [intesis(u, poll_s=0.2) for u in (1, 2)]
+    slow = DeviceSpec("in3", INTESIS, 3, poll_s=1.0, timeout_s=0.8)  # answers in 0.3 s: in time for it
+    dead = [DeviceSpec(f"in{u}", INTESIS, u, poll_s=0.2, timeout_s=0.5) for u in (4, 5, 6)]
+    server = Server([img for _s, img in healthy] + [intesis(u)[1] for u in range(3, 7)],
+                    delay_s={3: 0.3}, silent={4, 5, 6})
+    async with server.tcp():
+        rec = Recorder()
+        async with ModbusBus(tcp(server, timeout_s=0.2), [s for s, _i in healthy] + [slow, *dead], rec) as bus:
+            await online(bus, ["in1", "in2", "in3"], timeout_s=8.0)  # after 3 x 2 attempts of 0.5 s
+            await wait_for(lambda: all(rec.last_health(s.device_id) is not None for s in dead))
+            server.reset()
+            since, start = rec.readings[-1].ts, time.monotonic()
+            await asyncio.sleep(3.0)
+            window = time.monotonic() - start
+            got = {d: rec.count(d, since=since) for d in ("in1", "in2")}
+            assert all(bus.online(d) for d in ("in1", "in2", "in3"))
+            stats = bus.stats()
+    assert server.connects == 1
+    assert stats["connects"] == 1
+    assert "garbage" not in stats["errors"]
+    for dev_id in ("in1", "in2", "in3"):
+        assert [h.online for h in rec.health if h.device_id == dev_id] == [True]
+    # One transaction at a time: a dead unit's probe holds the line for its 0.5 s and in3 for 0.3 s;
+    # the rest of the window the healthy units keep their 0.2 s period.
+    busy = 0.5 * sum(server.requests(unit=u) for u in (4, 5, 6)) + 0.3 * server.requests(unit=3)
+    for dev_id, n in got.items():
+        assert n >= 0.7 * (window - busy) / 0.2, (dev_id, n, window, busy)
+
+
 # -- RTU over a pty and the multi-bus engine -----------------------------------------------------
 
 
@@ -321,6 +356,31 @@ async def test_rtu_over_a_pty_polls_writes_and_flashes(tmp_path: Path) -> None:
             assert (await server.get(2, 1, 2, 1)) == [True]
             await wait_for(lambda: rec.state("relay")["ch2"] is True, timeout_s=2.0)
             await wait_for(lambda: rec.state("relay")["ch2"] is False, timeout_s=3.0)
+
+
+async def test_rtu_late_reply_is_never_taken_for_the_next_answer(tmp_path: Path) -> None:
+    # CoolMasterNet: every indoor unit shares unit 1, and VA 1-7 and VA 8-14 are reads of equal size.
+    # RTU has no transaction id, so a late frame that lands after the next request went out would
+    # be accepted as its answer. The line must stay quiet long enough to drop it.
+    timeout_s = 0.8
+    first, second = acs(7), acs(7, first=8)
+    server = Server([ac_unit([*first, *second])], delay_s={1: 0.4},  # a slow line: every answer takes 0.4 s
+                    slow={(1, 16): 1.0})  # and this read is answered after the timeout
+    a, b = plan(first), plan(second)
+    assert len(a) == len(b) == 1
+    assert a[0].count == b[0].count
+    async with pty_pair(tmp_path) as (dev_a, dev_b), server.serial(dev_a):
+        client = transport.make_client(RtuBus(id="rs485-1", type="rtu", device=dev_b))
+        assert await transport.connect(client)
+        try:
+            with pytest.raises(Timeout):
+                await transport.read(client, 1, "holding", a[0].address, a[0].count, timeout_s)
+            data = await transport.read(client, 1, "holding", b[0].address, b[0].count, timeout_s)
+            stale = await server.get(1, 3, a[0].address, a[0].count)
+            assert data != stale
+            assert data == await server.get(1, 3, b[0].address, b[0].count)
+        finally:
+            client.close()
 
 
 async def test_engine_from_config_routes_devices_to_their_buses() -> None:

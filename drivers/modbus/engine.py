@@ -185,7 +185,7 @@ class ModbusBus:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> ModbusBus:
-        self._client = transport.make_client(self.bus)
+        self._client = transport.make_client(self.bus, self._timeout(self._devices))
         if any(d.spec.profile.flash for d in self._devices.values()):
             self._client.register(FlashResponse)
         self._started = asyncio.get_running_loop().time()
@@ -378,7 +378,8 @@ class ModbusBus:
 
     # -- transactions ----------------------------------------------------------------------------
     def _timeout(self, device_ids: Iterable[str]) -> float:
-        return max(self._devices[d].spec.timeout_s or self.bus.timeout_s for d in device_ids)
+        return max((self._devices[d].spec.timeout_s or self.bus.timeout_s for d in device_ids),
+                   default=self.bus.timeout_s)
 
     async def _transact(self, fn: Callable[[], Awaitable[T]], attempts: int) -> T:
         """One transaction, retried on timeouts and garbage; counts everything."""

@@ -1,7 +1,11 @@
 """Transport seam: one pymodbus client per bus, and single transactions with typed failures.
 
-pymodbus' own retries and reconnects are switched off; the engine owns both so that a dead
-device's timeouts never make the library drop a TCP connection shared with healthy devices.
+pymodbus' own retries and reconnects are switched off and its response timeout is set well past
+every device's, so only our `asyncio.timeout` ever decides that a device did not answer: the
+library then never counts a no-response, and never drops a TCP connection shared with healthy
+devices because one of them is slow or dead.  RTU has no transaction id, so after a timeout on a
+serial line the line is kept quiet for a guard interval and whatever arrives is dropped; a late
+frame can then never be taken for the answer to the next request.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from drivers.modbus.profile import BIT_TABLES, Table
 from edge.config import RtuBus, TcpBus
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
-LIBRARY_TIMEOUT_S = 60.0  # pymodbus' own response timeout; ours (asyncio.timeout) always fires first
-CONNECT_TIMEOUT_S = 3.0
+LIBRARY_TIMEOUT_S = 60.0  # pymodbus' own response timeout: past every device's (config caps them at 30 s)
+CONNECT_TIMEOUT_S = 3.0  # ours: pymodbus would use its (long) response timeout to open a connection too
+LATE_REPLY_GUARD = 0.5  # after a serial timeout, wait this fraction of the timeout for a late frame...
+FRAME_GAP_CHARS = 3.5  # ...plus the RTU inter-frame silence, so the frame has surely ended
 
 
 GATEWAY_EXCEPTIONS = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond: the unit is gone
@@ -61,23 +67,41 @@ class DeviceException(TransportError):
         super().__init__(f"exception code {code} to function {function_code}")
 
 
-def make_client(bus: TcpBus | RtuBus) -> Client:
-    """A disconnected client for `bus`; call inside the running loop."""
+def make_client(bus: TcpBus | RtuBus, longest_timeout_s: float = 0.0) -> Client:
+    """A disconnected client for `bus` whose devices wait at most `longest_timeout_s`; call inside the loop."""
+    library_timeout = max(LIBRARY_TIMEOUT_S, 2 * longest_timeout_s, 2 * bus.timeout_s)
     if isinstance(bus, TcpBus):
         return AsyncModbusTcpClient(bus.host, port=bus.port, name=bus.id, reconnect_delay=0,
-                                    timeout=max(CONNECT_TIMEOUT_S, bus.timeout_s), retries=0)
-    # Serial opens are local and fast; pymodbus uses this value as the response timeout too.
+                                    timeout=library_timeout, retries=0)
     return AsyncModbusSerialClient(bus.device, name=bus.id, baudrate=bus.baudrate, parity=bus.parity,
                                    stopbits=bus.stopbits, bytesize=bus.bytesize, reconnect_delay=0,
-                                   timeout=LIBRARY_TIMEOUT_S, retries=0)
+                                   timeout=library_timeout, retries=0)
 
 
 async def connect(client: Client) -> bool:
-    """Open the transport; False when it cannot be opened now."""
+    """Open the transport within CONNECT_TIMEOUT_S; False when it cannot be opened now."""
     try:
-        return bool(await client.connect())
-    except (OSError, ModbusException):
-        return False
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            opened = bool(await client.connect())
+    except (OSError, ModbusException, TimeoutError):
+        opened = False
+    if not opened:
+        client.close()  # a connect cut short may have left a half-open transport behind
+    return opened
+
+
+def guard_s(client: AsyncModbusSerialClient, timeout_s: float) -> float:
+    """How long a serial line stays quiet after a timeout of `timeout_s`."""
+    params = client.comm_params
+    char_bits = 1 + (params.bytesize or 8) + (params.parity not in (None, "N")) + (params.stopbits or 1)
+    return LATE_REPLY_GUARD * timeout_s + FRAME_GAP_CHARS * char_bits / max(1, params.baudrate or 9600)
+
+
+async def _drop_late_reply(client: AsyncModbusSerialClient, timeout_s: float) -> None:
+    # pymodbus ignores a whole frame that arrives while no request waits (its future was cancelled);
+    # what is left of one cut in half is discarded here, and the next request starts on a quiet line.
+    await asyncio.sleep(guard_s(client, timeout_s))
+    client.ctx.recv_buffer = b""
 
 
 async def execute(client: Client, request: ModbusPDU, timeout_s: float) -> ModbusPDU:
@@ -88,6 +112,8 @@ async def execute(client: Client, request: ModbusPDU, timeout_s: float) -> Modbu
         async with asyncio.timeout(timeout_s):
             response: ModbusPDU = await client.execute(False, request)
     except TimeoutError as exc:
+        if isinstance(client, AsyncModbusSerialClient):
+            await _drop_late_reply(client, timeout_s)
         raise Timeout(f"no answer within {timeout_s:g} s") from exc
     except ConnectionException as exc:
         raise Disconnected(str(exc)) from exc
