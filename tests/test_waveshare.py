@@ -11,14 +11,26 @@ from modbus_server import Recorder, Server, Unit, pty_pair, wait_for
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
+from drivers.modbus import transport
 from drivers.modbus.engine import ModbusBus, WriteError
 from drivers.modbus.planner import DeviceSpec
 from drivers.modbus.profile import load_profile
-from drivers.modbus.waveshare import FlashRequest, FlashResponse, WaveshareCoilRequest, flash_steps
+from drivers.modbus.waveshare import (
+    ALL_RELAYS_ADDRESS,
+    COIL_FLIP,
+    COIL_OFF,
+    COIL_ON,
+    RELAY_CHANNELS,
+    FlashRequest,
+    FlashResponse,
+    WaveshareCoilRequest,
+    flash_steps,
+)
 from edge.config import RtuBus
 
 RELAY = load_profile("waveshare-relay-8ch")
 DOC_FRAME = bytes.fromhex("01 05 02 00 00 07 8D B0")  # Waveshare wiki / DOMAIN.md: relay 0 on for 700 ms
+ALL_ON_FRAME = bytes.fromhex("01 05 00 FF FF 00 BC 0A")  # Waveshare wiki: every relay on
 
 
 def test_flash_request_is_the_documented_frame() -> None:
@@ -80,3 +92,23 @@ async def test_flash_over_rtu_sends_the_frame_and_the_board_turns_back(tmp_path:
                 await engine.flash("door-relay", 0, seconds=0.0)
             assert err.value.code == "out_of_range"
             assert engine.stats()["flashes"] == 2
+
+
+async def test_all_relays_address_switches_every_channel_like_the_board(tmp_path: Path) -> None:
+    spec = DeviceSpec("relays", RELAY, 1)
+    server = Server([Unit(1).fill(spec, {"ch2": True})])
+    async with pty_pair(tmp_path) as (board_end, gateway_end), server.serial(board_end):
+        client = transport.make_client(RtuBus(id="rs485-1", type="rtu", device=gateway_end))
+        assert await transport.connect(client)
+        try:
+            await transport.write(client, 1, "coil", ALL_RELAYS_ADDRESS, [COIL_ON], 1.0)
+            assert ALL_ON_FRAME in server.frames
+            assert await server.get(1, 1, 0, RELAY_CHANNELS) == [True] * RELAY_CHANNELS
+            await transport.write(client, 1, "coil", 3, [COIL_OFF], 1.0)
+            # no pymodbus request sends COIL_FLIP; FlashResponse is a raw FC05 (address, value) PDU
+            await transport.execute(client, FlashResponse(ALL_RELAYS_ADDRESS, COIL_FLIP, dev_id=1), 1.0)
+            assert await server.get(1, 1, 0, RELAY_CHANNELS) == [i == 3 for i in range(RELAY_CHANNELS)]
+            await transport.write(client, 1, "coil", ALL_RELAYS_ADDRESS, [COIL_OFF], 1.0)
+            assert await server.get(1, 1, 0, RELAY_CHANNELS) == [False] * RELAY_CHANNELS
+        finally:
+            client.close()

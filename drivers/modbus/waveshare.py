@@ -4,7 +4,8 @@ The board turns the relay back by itself when the time is up, so a door strike r
 the gateway dies.  pymodbus' write_coil only sends 0xFF00/0x0000, hence these PDU classes:
 ``FlashRequest`` (client side), ``FlashResponse`` (registered on the client with
 ``client.register``; it also decodes plain FC05 echoes, so ordinary coil writes keep working) and
-``WaveshareCoilRequest`` (``custom_pdu`` for a server that behaves like the board).
+``WaveshareCoilRequest`` (``custom_pdu`` for a server that behaves like the board).  The board's
+FC05 values and addresses are exported here for every other model of the board (the simulator).
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.bit_message import WriteSingleCoilResponse
 
-FLASH_ON = 0x02
-FLASH_OFF = 0x04
-FLASH_STEP_S = 0.1  # the board counts flash time in 100 ms units
-MAX_FLASH_STEPS = 0xFFFF
+__all__ = [
+    "ALL_RELAYS_ADDRESS", "COIL_FLIP", "COIL_OFF", "COIL_ON", "FLASH_OFF", "FLASH_ON", "FLASH_STEP_S",
+    "MAX_FLASH_STEPS", "RELAY_CHANNELS", "FlashRequest", "FlashResponse", "WaveshareCoilRequest", "flash_steps",
+]
+
+# FC05 value words
 COIL_ON = 0xFF00
 COIL_OFF = 0x0000
 COIL_FLIP = 0x5500  # Waveshare extension: toggle the relay
+# FC05 address words
+ALL_RELAYS_ADDRESS = 0x00FF  # Waveshare extension: COIL_ON / COIL_OFF / COIL_FLIP every relay at once
+FLASH_ON = 0x02  # timed flash: high byte of the address word (the low byte is the relay index)...
+FLASH_OFF = 0x04
+FLASH_STEP_S = 0.1  # ...and the value word counts the flash time in 100 ms units
+MAX_FLASH_STEPS = 0xFFFF
+RELAY_CHANNELS = 8
 
 
 def flash_steps(seconds: float) -> int:
@@ -85,7 +95,11 @@ class WaveshareCoilRequest(FlashResponse):
 
     async def datastore_update(self, context: object, device_id: int) -> ModbusPDU:
         command, relay = self.address >> 8, self.address & 0xFF
-        if command in (FLASH_ON, FLASH_OFF) and self.value >= 1:
+        if self.address == ALL_RELAYS_ADDRESS and self.value in (COIL_ON, COIL_OFF, COIL_FLIP):
+            for coil in range(RELAY_CHANNELS):
+                if rc := await self._switch(context, device_id, coil, self.value):
+                    return ExceptionResponse(self.function_code, rc)
+        elif command in (FLASH_ON, FLASH_OFF) and self.value >= 1:
             state = command == FLASH_ON
             if await self._set(context, device_id, relay, state):
                 return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_ADDRESS)
@@ -93,17 +107,21 @@ class WaveshareCoilRequest(FlashResponse):
             self._reverts.add(task)
             task.add_done_callback(self._reverts.discard)
         elif self.value in (COIL_ON, COIL_OFF, COIL_FLIP):
-            state = self.value == COIL_ON
-            if self.value == COIL_FLIP:
-                current = await context.async_getValues(device_id, 1, self.address, 1)  # type: ignore[attr-defined]
-                if isinstance(current, ExcCodes):
-                    return ExceptionResponse(self.function_code, current)
-                state = not current[0]
-            if await self._set(context, device_id, self.address, state):
-                return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_ADDRESS)
+            if rc := await self._switch(context, device_id, self.address, self.value):
+                return ExceptionResponse(self.function_code, rc)
         else:
             return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
         return FlashResponse(self.address, self.value, dev_id=self.dev_id, transaction_id=self.transaction_id)
+
+    @classmethod
+    async def _switch(cls, context: object, device_id: int, coil: int, value: int) -> ExcCodes | None:
+        state = value == COIL_ON
+        if value == COIL_FLIP:
+            current = await context.async_getValues(device_id, 1, coil, 1)  # type: ignore[attr-defined]
+            if isinstance(current, ExcCodes):
+                return current
+            state = not current[0]
+        return ExcCodes.ILLEGAL_ADDRESS if await cls._set(context, device_id, coil, state) else None
 
     @staticmethod
     async def _set(context: object, device_id: int, coil: int, state: bool) -> ExcCodes | None:
