@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+
 def _shipped_profiles() -> Path:
     """The source tree's profiles, or where a non-editable install put them (setup.py data_files)."""
     here = Path(__file__).resolve().parents[2] / "config" / "profiles"
