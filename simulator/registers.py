@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from drivers.modbus.profile import BIT_TABLES, Point, Profile, decode, encode
+from drivers.modbus.waveshare import (
+    ALL_RELAYS_ADDRESS,
+    COIL_FLIP,
+    COIL_OFF,
+    COIL_ON,
+    FLASH_OFF,
+    FLASH_ON,
+    FLASH_STEP_S,
+)
 from edge.config import ModbusDevice
 from simulator.physics import FANS, MODES, AcUnit, Fan, MeterSnapshot, Mode, RelayBoard, SchoolPhysics
 
@@ -28,14 +37,6 @@ ILLEGAL_ADDRESS = 0x02
 ILLEGAL_VALUE = 0x03
 DEVICE_FAILURE = 0x04
 
-# Waveshare FC05 values and the flash command's opcodes (high byte of the address field)
-COIL_ON = 0xFF00
-COIL_OFF = 0x0000
-COIL_FLIP = 0x5500
-ALL_COILS = 0x00FF
-FLASH_ON = 0x02
-FLASH_OFF = 0x04
-FLASH_UNIT_S = 0.1
 
 
 class ModbusError(Exception):
@@ -195,10 +196,10 @@ class RelayModel(DeviceModel):
         if opcode in (FLASH_ON, FLASH_OFF) and self.profile.flash:
             if channel >= n:
                 raise ModbusError(ILLEGAL_ADDRESS, f"{self.device.id}: no relay {channel}")
-            self.board.flash(channel, opcode == FLASH_ON, value * FLASH_UNIT_S, now)
+            self.board.flash(channel, opcode == FLASH_ON, value * FLASH_STEP_S, now)
             return
         base = self.addr("coils", 0)
-        targets = range(n) if address == base + ALL_COILS else [address - base]
+        targets = range(n) if address == base + ALL_RELAYS_ADDRESS else [address - base]
         if any(not 0 <= ch < n for ch in targets):
             raise ModbusError(ILLEGAL_ADDRESS, f"{self.device.id}: no coil at {address:#06x}")
         if value not in (COIL_ON, COIL_OFF, COIL_FLIP):
