@@ -194,19 +194,19 @@ def _raw_exchange(path: str, frame: bytes, expect: int) -> bytes:
         return bytes(port.read(expect))
 
 
-async def test_flash_command_raw_frame(school: VirtualSchool) -> None:
-    frame = bytes.fromhex("010502000007 8DB0")  # relay 0 on for 700 ms (the vendor's example)
-    echo = await asyncio.to_thread(_raw_exchange, school.endpoint("line"), frame, 8)
-    assert echo == frame
-    assert school.relay("relay-1")[0] is True
-    t0 = time.monotonic()
-    for _ in range(60):  # poll the physics state the way a test would watch a real relay
-        if not school.relay("relay-1")[0]:
-            break
-        await asyncio.sleep(0.05)
-    took = time.monotonic() - t0
-    assert school.relay("relay-1")[0] is False
-    assert 0.3 < took < 2.0  # 0.7 s of simulated time at speed 1, give or take a tick
+async def test_flash_command_raw_frame(cfg: Config) -> None:
+    clock = ManualClock(start=datetime(2026, 6, 16, 9, 0, tzinfo=ZoneInfo("Asia/Taipei")).timestamp())
+    async with VirtualSchool(cfg, clock=clock) as school:
+        frame = bytes.fromhex("010502000007 8DB0")  # relay 0 on for 700 ms (the vendor's example)
+        echo = await asyncio.to_thread(_raw_exchange, school.endpoint("line"), frame, 8)
+        assert echo == frame
+        assert school.relay("relay-1")[0] is True
+        clock.advance(0.6)
+        school.sync()
+        assert school.relay("relay-1")[0] is True  # not before its time (simulated, not wall-clock)
+        clock.advance(0.2)
+        school.sync()
+        assert school.relay("relay-1")[0] is False
 
 
 async def test_flash_off_and_plain_coils_with_the_driver_pdu(school: VirtualSchool,
