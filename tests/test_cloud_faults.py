@@ -173,7 +173,7 @@ async def test_broker_killed_and_daemon_sigkilled_during_outage(tmp_path: Path) 
             async with aiomqtt.Client("127.0.0.1", broker.port, identifier="replayer") as c:
                 await c.publish(topics.cmd, token, qos=1)
             replay = await app.wait_for(lambda t, b: t == topics.cmd_result and b.get("code") == "replayed")
-            assert replay["id"] == jti
+            assert (replay["id"], replay["replay_of"]) == (None, jti)  # the jti's own result stays the answer
         expected = logged_events(gw_log)
         got = [(b["kind"], str(b.get("device")), str(b.get("code"))) for b in unique_events(app)]
         assert got == expected
