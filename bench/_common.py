@@ -7,13 +7,16 @@ import math
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from simulator.local import free_port
+
+__all__ = ["free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -68,13 +71,6 @@ def emit(name: str, doc: dict[str, Any], out_dir: Path | None = None) -> Path:
     print(text)
     print(f"written {path}", file=sys.stderr)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

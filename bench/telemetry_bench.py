@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from cloud_sync.telemetry import TelemetryWriter, encode_body, make_point, post_
 from edge.clock import SystemClock, iso
 from edge.config import Config
 from edge.events import EventBus, Message
+from simulator.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RSS_PROBE = "import re,sys\n{imports}\nprint(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1])"
@@ -123,12 +123,6 @@ def encode_report(n: int, devices: int) -> dict[str, Any]:
             "line_bytes_per_point": round(raw / n, 1), "gzip_bytes_per_point_batch_5000": round(wire / n, 1),
             "gzip_bytes_per_point_batch_20": round(sum(len(encode_body(lines[i:i + 20])) for i in range(0, 2000, 20))
                                                    / 2000, 1)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_cfg(url: str, devices: int) -> Config:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import yaml
 from edge.config import Config, load_config
 from edge.http import get_json
 from edge.view import render_status
+from simulator.local import Broker
 
 READY_TIMEOUT_S = 30.0
 TEACHER = ("T123", "101", "ac-101a")  # the teacher, her classroom and its AC in the example school
@@ -48,14 +48,6 @@ class Child:
         self._fh = log.open("w", encoding="utf-8")
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self._fh, text=True,
                                      start_new_session=True)
-
-    def wait_port(self, port: int, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start; see {self.log}:\n{self.tail()}")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
         assert self.proc.stdout is not None
@@ -85,24 +77,6 @@ class Child:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._fh.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _broker(workdir: Path, env: dict[str, str]) -> tuple[Child, int]:
-    """A private mosquitto on a free loopback port, standing in for the city's cloud broker."""
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""), encoding="utf-8")
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    broker = Child("broker", [exe, "-c", str(conf)], env, workdir / "mosquitto.log")
-    broker.wait_port(port)
-    return broker, port
 
 
 def _site_with_cloud(cfg_path: Path, workdir: Path, broker_port: int) -> tuple[Path, Path]:
@@ -142,9 +116,10 @@ def run_demo(config: str | None, speed: float | None = None, duration_s: float |
     os.environ.update({k: env[k] for k in ("CAMPUS_EDGE_RUN_DIR", "CAMPUS_EDGE_STATE_DIR")})
     exe = [sys.executable, "-m", "edge.cli"]
     children: list[Child] = []
+    broker: Broker | None = None
     try:
-        broker, broker_port = _broker(workdir, env)
-        children.append(broker)
+        broker = Broker.start(workdir / "broker")
+        broker_port = broker.port
         site, key = _site_with_cloud(cfg_path, workdir, broker_port)
         cfg = load_config(site)
         sim_args = ["simulate", "--config", str(site)] + (["--speed", str(speed)] if speed else [])
@@ -166,6 +141,8 @@ def run_demo(config: str | None, speed: float | None = None, duration_s: float |
     finally:
         for c in reversed(children):
             c.stop()
+        if broker is not None:
+            broker.stop(signal.SIGTERM)
         print("\ndemo stopped", flush=True)
         if not os.environ.get("CAMPUS_EDGE_KEEP_DEMO"):
             shutil.rmtree(workdir, ignore_errors=True)

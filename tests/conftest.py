@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from simulator.local import free_port
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (loopback only, ever)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]
 
 
 def _children() -> set[int]:
