@@ -18,8 +18,7 @@ from zoneinfo import ZoneInfo
 
 from drivers.devices import AC_WRITABLE, NO_COMMUNICATION_FAULT, channel_field, state_for
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading, WriteError
-from drivers.modbus.planner import DeviceSpec
-from drivers.modbus.profile import Profile, load_profile
+from drivers.modbus.profile import Profile
 from edge.arbiter import MAX_DOOR_UNLOCK_S, MIN_OFF_S, ApplyError, Arbiter, Outcome, Request, Source
 from edge.clock import Clock, SystemClock, iso
 from edge.config import Config, RelayChannel, config_warnings
@@ -74,21 +73,15 @@ class Daemon:
 
     # -- wiring ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        extra = [Path(p) for p in self.cfg.profile_dirs]
-        by_bus: dict[str, list[DeviceSpec]] = {}
+        self.modbus = ModbusEngine.from_config(self.cfg, self, clock=self.clock)
         for dev in self.cfg.modbus_devices():
-            prof = load_profile(dev.profile, extra)
-            self.profiles[dev.id] = prof
+            self.profiles[dev.id] = self.modbus.profile(dev.id)
             self.kind_of[dev.id] = dev.kind
-            by_bus.setdefault(dev.bus, []).append(DeviceSpec(dev.id, prof, dev.unit, dev.index, dev.offset,
-                                                             dev.poll_period_s, dev.timeout_s))
         for ch in self.cfg.relay_channels():
             c = Channel(ch, channel_field(ch.channel))
             self.channels_of.setdefault(ch.relay, []).append(c)
             self.channel_devices[ch.id] = c
             self.kind_of[ch.id] = ch.kind
-        self.modbus = ModbusEngine([(b, by_bus[b.id]) for b in self.cfg.buses if by_bus.get(b.id)], self,
-                                   clock=self.clock)
         for dev_id, kind in self.kind_of.items():
             board = self.profiles.get(dev_id)
             blank = {"on": None} if board is None else state_for(kind, {}, board.channels or 0)

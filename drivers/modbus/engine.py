@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from drivers.modbus import transport
 from drivers.modbus.planner import DeviceSpec, Part, ReadRequest, device_ranges, plan
-from drivers.modbus.profile import Point, Table, decode, encode, load_profile
+from drivers.modbus.profile import Point, Profile, Table, decode, encode, load_profile
 from drivers.modbus.transport import (
     GATEWAY_EXCEPTIONS,
     DeviceException,
@@ -224,6 +224,9 @@ class ModbusBus:
     @property
     def device_ids(self) -> list[str]:
         return list(self._devices)
+
+    def spec(self, device_id: str) -> DeviceSpec:
+        return self._devices[device_id].spec
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -773,6 +776,10 @@ class ModbusEngine:
             specs[dev.bus].append(DeviceSpec(dev.id, profile, dev.unit, dev.index, dev.offset,
                                              dev.poll_period_s, dev.timeout_s))
         return cls([(b, specs[b.id]) for b in config.buses if specs[b.id]], sink, clock=clock)
+
+    def profile(self, device_id: str) -> Profile:
+        """The register map a device is driven by."""
+        return self.bus_of(device_id).spec(device_id).profile
 
     async def __aenter__(self) -> ModbusEngine:
         async with contextlib.AsyncExitStack() as stack:
