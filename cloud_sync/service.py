@@ -369,6 +369,9 @@ class CloudService:
 
     async def handle_command(self, raw: bytes) -> None:
         """Verify one `P/cmd` payload; a rejection is answered at once, a command runs in its own task."""
+        # nothing new before the commands a crash interrupted are settled: recovery reads the
+        # journal's pending rows, and a command begun meanwhile would look interrupted and run twice
+        await self._recovered.wait()
         self.commands_in += 1
         verdict = await asyncio.to_thread(self.verifier.verify, raw)
         if isinstance(verdict, Rejection):
