@@ -324,8 +324,14 @@ async def test_broker_outage_reconnects_republishes_and_delivers_events_in_order
             # the events of the outage arrive, in order
             await w2.wait_for(lambda tt, b, _r: tt == t.event("fault") and b["device"] == "ac-302a"
                               and b["code"] == "offline")
-            faults = [b for tt, b, _ in w2.messages if tt == t.event("fault")]
-            assert [b["ts"] for b in faults] == sorted(b["ts"] for b in faults)
+            # at-least-once: a message in flight when the broker died may come again; the cloud
+            # de-duplicates by id (CONTRACT.md section 3), and first deliveries are in order
+            firsts: dict[str, dict[str, object]] = {}
+            for tt, b, _ in w2.messages:
+                if tt == t.event("fault"):
+                    firsts.setdefault(str(b["id"]), b)
+            stamps = [str(b["ts"]) for b in firsts.values()]
+            assert stamps == sorted(stamps)
             # the command subscription was restored
             c = claims(action="relay.set", target="light-301", params={"on": True})
             await w2.send(sign_command(key, c))
