@@ -188,8 +188,6 @@ class Dispatcher:
         return self._from_outcome(cmd, cmd.target, out)
 
     async def _door_unlock(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        from drivers.modbus.engine import WriteError  # what the daemon raises until it raises ApplyError
-
         dev = self._device(cmd.target)
         if not isinstance(dev, RelayChannel):
             return self._result(cmd, "rejected", "unknown_target", f"{cmd.target!r} is not a door")
@@ -198,7 +196,7 @@ class Dispatcher:
         seconds = float(cmd.params["seconds"])
         try:
             await self.gw.unlock(cmd.target, seconds)
-        except (ApplyError, WriteError) as exc:
+        except ApplyError as exc:
             status: Status = "rejected" if exc.code in REJECTED_CODES else "failed"
             return self._result(cmd, status, exc.code, str(exc))
         self._event("door", {"door": cmd.target, "action": "unlock", "seconds": seconds, "by": cmd.sub,

@@ -98,10 +98,12 @@ async def test_bad_local_commands_change_nothing(site: tuple[VirtualSchool, Daem
     before = school.ac("ac-101a")
     for path, payload, want in [("/devices/ac-101a", {"setpoint_c": 99}, "out_of_range"),
                                 ("/devices/ac-101a", {"colour": "red"}, "bad_request"),
-                                ("/devices/nope", {"on": True}, "unknown_target")]:
+                                ("/devices/nope", {"on": True}, "unknown_target"),
+                                ("/devices/door-401", {"on": True}, "bad_request")]:  # doors: timed unlock only
         code, body = await get_json("127.0.0.1", daemon.http.port, path, body=payload, wait_s=10)
         assert code == 409, body
         assert body["code"] == want
+    assert school.relay("relay-1")[0] is False
     after = school.ac("ac-101a")
     assert (after.power_on, after.setpoint_c, after.mode) == (before.power_on, before.setpoint_c, before.mode)
 
