@@ -56,8 +56,11 @@ class PtyPair:
         dev.parent.mkdir(parents=True, exist_ok=True)
         _clear_stale(dev)
         _clear_stale(sim)
+        # setpriv --pdeathsig: socat ends with us even if we are SIGKILLed (no orphaned ptys)
+        setpriv = shutil.which("setpriv")
+        guard = [setpriv, "--pdeathsig", "TERM"] if setpriv else []
         self.proc = await asyncio.create_subprocess_exec(
-            socat, f"pty,raw,echo=0,link={dev}", f"pty,raw,echo=0,link={sim}",
+            *guard, socat, f"pty,raw,echo=0,link={dev}", f"pty,raw,echo=0,link={sim}",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + APPEAR_TIMEOUT_S

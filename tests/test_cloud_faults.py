@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -54,7 +55,8 @@ async def process(args: list[str], log: Path, ready: str = "READY") -> AsyncIter
         yield proc
     finally:
         if proc.returncode is None:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its whole session: the simulator's socat too
         await proc.wait()
 
 
