@@ -2,20 +2,25 @@
 
 aiomqtt's client is reusable but not reentrant: the link re-enters `async with client` in a loop,
 and every (re)connection runs the caller's `session(client)` until the connection dies. The session
-re-subscribes and republishes retained state itself (clean session: the broker forgets
-subscriptions, and whatever was published while we were away never reached it). Between attempts
+re-subscribes and republishes retained state itself (a clean session, or a broker restarted without
+persistence, forgets subscriptions; what we published while away never reached it). Between attempts
 the link waits a jittered exponential backoff, reset once a connection has stayed up a while.
+
+Sessions: by default (`cloud.mqtt.persistent_session`) the link asks for a persistent session under a
+stable client id (MQTT 3.1.1 clean_session=False; MQTT 5 clean_start=False and a session expiry of
+SESSION_EXPIRY_S). The broker keeps the `P/cmd` subscription and queues the QoS 1 commands the cloud
+sends while the gateway is away (a network cut, a daemon restart): they are delivered on reconnection
+and answered then; one that expired meanwhile is answered `expired` and not applied, a redelivered
+duplicate `replayed` (the journal). The session still re-subscribes and republishes retained state on
+every connection: the broker may have restarted without persistence.
 
 Commands and acknowledgement: paho sends the PUBACK of a QoS 1 `P/cmd` message as soon as it has
 read it, before the service has verified and journalled it (`CommandJournal.begin`). A crash in
 that window (milliseconds) loses the command: the broker considers it delivered, and the journal
 never saw it. The cloud re-sends a command whose result does not arrive (with the same token while
 it is valid: a replay, if it did arrive after all, is answered `replayed` without acting).
-Manual acks would not close the window cheaply: aiomqtt 2.5 does not expose paho's `manual_ack`
-(reaching into `client._client` would be needed), and with the clean session used here the broker
-drops an unacknowledged message with the connection anyway, so it would not be redelivered after
-the restart; closing it needs a persistent session (clean_session=False, a fixed client id), whose
-broker-side queue of stale commands is a design change of its own.
+Manual acks would close the window (the persistent session redelivers an unacknowledged message),
+but aiomqtt 2.5 does not expose paho's `manual_ack` (reaching into `client._client` would be needed).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
 
@@ -45,6 +52,9 @@ BACKOFF_FACTOR = 2.0
 BACKOFF_JITTER = 0.5     # each wait is drawn from [1 - JITTER, 1] x the step: 500 gateways don't stampede
 STABLE_S = 10.0          # a connection that lived this long resets the backoff
 CONNECT_TIMEOUT_S = 10.0
+# MQTT 5 persistent sessions end this long after a disconnection (3.1.1 has no such field: the
+# broker's own setting applies, mosquitto's `persistent_client_expiration`, never by default).
+SESSION_EXPIRY_S = 24 * 3600
 # QoS 1 publishes in flight at once (outbox window + live state). aiomqtt warns above its threshold
 # (10 by default) on every publish; with a window of 100 that is our normal, not a problem.
 MAX_INFLIGHT = 200
@@ -72,6 +82,7 @@ class LinkSettings:
     key_file: Path | None = None
     keepalive_s: int = 30
     protocol: Protocol = "3.1.1"
+    persistent_session: bool = False      # the daemon's link: `cloud.mqtt.persistent_session` (True by default)
     backoff_min_s: float | None = None   # None: the module's BACKOFF_MIN_S / BACKOFF_MAX_S at connect time
     backoff_max_s: float | None = None
 
@@ -88,6 +99,7 @@ class LinkSettings:
             "host": host, "port": port, "tls": tls, "client_id": mqtt.client_id or default_client_id,
             "username": mqtt.username, "password": password, "ca_file": mqtt.ca_file, "cert_file": mqtt.cert_file,
             "key_file": mqtt.key_file, "keepalive_s": mqtt.keepalive_s, "protocol": mqtt.protocol,
+            "persistent_session": mqtt.persistent_session,
         }
         base.update(overrides)
         return cls(**base)
@@ -100,6 +112,17 @@ class LinkSettings:
         if self.cert_file is not None:
             ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
         return ctx
+
+
+def session_options(s: LinkSettings) -> dict[str, Any]:
+    """aiomqtt.Client keywords for a clean or a persistent session, per protocol version."""
+    if s.protocol == "5":
+        if not s.persistent_session:
+            return {"clean_start": True}
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        return {"clean_start": False, "properties": props}
+    return {"clean_session": not s.persistent_session}
 
 
 def parse_url(url: str) -> tuple[bool, str, int]:
@@ -119,6 +142,7 @@ class Counters:
     sent_bytes: dict[str, int] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=dict)
     received_bytes: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0        # connection attempts, successful or not
     connects: int = 0
     disconnects: int = 0
 
@@ -132,7 +156,7 @@ class Counters:
 
     def as_dict(self) -> dict[str, Any]:
         return {"sent": dict(self.sent), "sent_bytes": dict(self.sent_bytes), "received": dict(self.received),
-                "received_bytes": dict(self.received_bytes), "connects": self.connects,
+                "received_bytes": dict(self.received_bytes), "attempts": self.attempts, "connects": self.connects,
                 "disconnects": self.disconnects}
 
 
@@ -171,7 +195,8 @@ class MqttLink:
             identifier=settings.client_id, will=will, keepalive=settings.keepalive_s,
             protocol=aiomqtt.ProtocolVersion.V5 if settings.protocol == "5" else aiomqtt.ProtocolVersion.V311,
             tls_context=settings.ssl_context(), timeout=CONNECT_TIMEOUT_S, max_inflight_messages=MAX_INFLIGHT,
-            logger=logging.getLogger("campus_edge.mqtt"), socket_options=SOCKET_OPTIONS)
+            logger=logging.getLogger("campus_edge.mqtt"), socket_options=SOCKET_OPTIONS,
+            **session_options(settings))
         self.client.pending_calls_threshold = PENDING_CALLS_THRESHOLD
 
     async def run(self, session: Session) -> None:
@@ -182,6 +207,7 @@ class MqttLink:
         target = f"{self.settings.host}:{self.settings.port}"
         while True:
             up_since: float | None = None
+            self.counters.attempts += 1
             try:
                 async with self.client:
                     up_since = time.monotonic()
@@ -194,12 +220,14 @@ class MqttLink:
                     finally:
                         self.connected.clear()
             except* aiomqtt.MqttError as group:
-                err = group.exceptions[0]
+                # the message only: the exception's chain holds paho's frames, and a failed TLS handshake
+                # leaves its socket there unclosed (paho 2.2) until the frames are collected
+                err = str(group.exceptions[0])
                 if up_since is not None:
                     self.counters.disconnects += 1
-                if self.last_error != str(err):
+                if self.last_error != err:
                     log.warning("MQTT %s: %s", target, err)
-                self.last_error = str(err)
+                self.last_error = err
             if up_since is not None and time.monotonic() - up_since >= STABLE_S:
                 backoff.reset()
             wait = backoff.next()

@@ -37,9 +37,10 @@ class MqttConfig(_M):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    client_id: str | None = None
+    client_id: str | None = None          # default campus-edge-{school_id}-{gateway_id}: stable, for the session
     keepalive_s: int = Field(30, ge=5, le=3600)
     protocol: Literal["3.1.1", "5"] = "3.1.1"
+    persistent_session: bool = True       # the broker queues commands sent while the gateway is away
 
 
 class InfluxConfig(_M):
