@@ -4,14 +4,14 @@ Why not influxdb-client: importing it costs ~30 MB RSS (reactivex, urllib3, date
 daemon target of 60 MB; this writer is line protocol, gzip and one POST, with `http.client` in a
 worker thread (bench/telemetry_bench.py measures both imports).
 
-Flow: "state" messages from the event bus become `Point`s; a per-device sampler keeps at most
-one point per `sample_s` window (the window's last value, so a change that is not followed by
-another still lands) and writes at once when `on` or `online` flips; every `flush_s` the sender
-POSTs what is due. Nothing is written to the SD card while the server answers: only when a POST
-fails retryably do the points go to the durable buffer, a `cloud_sync.outbox.Outbox` of its own
-(`telemetry.db`, class "telemetry": SQLite WAL, bounded, oldest-first thinning and dropping with
-counters, rows deleted only after a 2xx). The buffer is drained first on the next success and on
-start after a restart.
+Flow: "state" messages from the event bus become `Point`s; a per-device sampler keeps at most one
+point per `sample_s` window (the window's last value, so a change that is not followed by another
+still lands) and writes at once when `on` or `online` flips; every `flush_s`
+(`cloud.influx.flush_s`, 10 s by default) the sender POSTs what is due. Nothing is written to the SD
+card while the server answers: only when a POST fails retryably do the points go to the durable
+buffer, a `cloud_sync.outbox.Outbox` of its own (`telemetry.db`, class "telemetry": SQLite WAL,
+bounded, oldest-first thinning and dropping with counters, rows deleted only after a 2xx). The
+buffer is drained first on the next success and on start after a restart.
 
 Answers: 2xx delivered; 429, 5xx and network errors retried with jittered exponential backoff
 (Retry-After respected); 401/403/404 (token or bucket wrong: the data is fine) retried slowly so an
@@ -309,7 +309,7 @@ class TelemetryWriter:
     """`async with TelemetryWriter(cfg, bus, storage_dir=..., clock=...) as tw:` runs the writer."""
 
     def __init__(self, cfg: Config, events: EventBus, *, storage_dir: str | Path, clock: Clock,
-                 flush_s: float = 10.0, sample_s: Mapping[str, float] | None = None,
+                 flush_s: float | None = None, sample_s: Mapping[str, float] | None = None,
                  heartbeat_s: float = HEARTBEAT_S, max_bytes: int = DEFAULT_MAX_BYTES,
                  batch_lines: int = BATCH_LINES, backoff_min_s: float = BACKOFF_MIN_S,
                  backoff_max_s: float = BACKOFF_MAX_S, auth_backoff_s: float = AUTH_BACKOFF_S,
@@ -321,7 +321,7 @@ class TelemetryWriter:
         self.cfg = cfg
         self.events = events
         self.clock = clock
-        self.flush_s = flush_s
+        self.flush_s = self.influx.flush_s if flush_s is None else flush_s
         self.heartbeat_ms = round(heartbeat_s * 1000)
         self.batch_lines = batch_lines
         self.backoff_min_s, self.backoff_max_s, self.auth_backoff_s = backoff_min_s, backoff_max_s, auth_backoff_s

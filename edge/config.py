@@ -48,6 +48,7 @@ class InfluxConfig(_M):
     org: str
     bucket: str
     token_file: Path | None = None
+    flush_s: float = Field(10.0, gt=0, le=3600)   # how often what is due is POSTed (latency vs requests)
 
 
 class CloudConfig(_M):
