@@ -154,6 +154,18 @@ async def settled(daemon: Daemon) -> None:
                 and not cloud.journal.pending(), 10)
 
 
+async def link_noticed(daemon: Daemon, within_s: float = 12.0) -> None:
+    """The link sees the cut (a reset from the proxy); if it does not, say where the cloud's tasks are."""
+    cloud = daemon.cloud
+    assert cloud is not None
+    try:
+        await until(lambda: not cloud.link.connected.is_set(), within_s)
+    except TimeoutError:
+        stacks = {t.get_name(): [f"{f.f_code.co_filename}:{f.f_lineno}" for f in t.get_stack()]
+                  for t in asyncio.all_tasks() if t.get_name().startswith("cloud")}
+        raise AssertionError(f"link still up: {cloud.link.counters.as_dict()} {stacks}") from None
+
+
 def expiring_soon() -> dict[str, Any]:
     """Claims valid now that expire (beyond the allowed clock skew) within about 2 s."""
     now = int(time.time())
@@ -180,7 +192,7 @@ async def test_commands_sent_during_a_network_cut_are_answered_once_on_return(
         assert link.settings.client_id == "campus-edge-014601-gw-t"   # stable: the session is found again
 
         await proxy.cut()
-        await until(lambda: not link.connected.is_set(), 5)
+        await link_noticed(daemon)
         # the broker has noticed (the will): what comes now is queued for the session, not sent to a dead socket
         await w.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is False)
 
