@@ -59,6 +59,7 @@ class Daemon:
         self.channels_of: dict[str, list[Channel]] = {}
         self.channel_devices: dict[str, Channel] = {}
         self.values: dict[str, dict[str, Any]] = {}
+        self._unread: dict[str, set[str]] = {}
         self.states: dict[str, dict[str, Any]] = {}
         self.arbiter = Arbiter(self, self.store, self.clock, min_off=self._min_off)
         self.http = HttpServer("127.0.0.1", cfg.status_port if status_port is None else status_port)
@@ -77,6 +78,7 @@ class Daemon:
         for dev in self.cfg.modbus_devices():
             self.profiles[dev.id] = self.modbus.profile(dev.id)
             self.kind_of[dev.id] = dev.kind
+            self._unread[dev.id] = {p.field for p in self.profiles[dev.id].points if p.poll}
         for ch in self.cfg.relay_channels():
             c = Channel(ch, channel_field(ch.channel))
             self.channels_of.setdefault(ch.relay, []).append(c)
@@ -166,6 +168,13 @@ class Daemon:
     def on_reading(self, r: Reading) -> None:
         vals = self.values.setdefault(r.device_id, {})
         vals.update(r.values)
+        missing = self._unread.get(r.device_id)
+        if missing:
+            # a device's first cycle takes several transactions (SDM630: three): publish its STATE
+            # once every polled field has been read, not a half-filled one
+            missing.difference_update(r.values, r.rejected)
+            if missing:
+                return
         kind = self.kind_of[r.device_id]
         prof = self.profiles[r.device_id]
         typed = state_for(kind, vals, prof.channels or 0)
@@ -180,6 +189,8 @@ class Daemon:
                 self._set_state(ch.device.id, {"on": bool(vals[ch.field]), "online": True}, r.ts)
 
     def on_health(self, h: DeviceHealth) -> None:
+        if h.online and self._unread.get(h.device_id):
+            return  # it will be shown online by its first complete reading
         affected = [h.device_id] + [c.device.id for c in self.channels_of.get(h.device_id, [])]
         for dev_id in affected:
             self._set_state(dev_id, {**self.states.get(dev_id, {}), "online": h.online}, self.clock.time())

@@ -149,3 +149,22 @@ def _local() -> Any:
     from edge.arbiter import Source
 
     return Source.LOCAL
+
+
+async def test_the_first_published_state_is_complete(tmp_path: Path) -> None:
+    cfg = school_config(tmp_path, free_port())
+    daemon = Daemon(cfg, status_port=0)
+    states = daemon.bus.subscribe("state", name="test")
+    async with VirtualSchool(cfg), daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        first: dict[str, dict[str, Any]] = {}
+        while not states.queue.empty():
+            msg = states.queue.get_nowait()
+            if msg.payload.get("online"):
+                first.setdefault(msg.key, msg.payload)
+    meter = first["meter-main"]  # the SDM630 takes three requests per cycle
+    assert meter["power_w"] is not None
+    assert meter["energy_kwh"] is not None
+    assert None not in meter["voltage_v"]
+    assert all(first[ac]["room_temp_c"] is not None and first[ac]["fault"] is None
+               for ac in ("ac-101a", "ac-101b", "ac-401a"))
