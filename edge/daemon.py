@@ -189,11 +189,12 @@ class Daemon:
                 self._set_state(ch.device.id, {"on": bool(vals[ch.field]), "online": True}, r.ts)
 
     def on_health(self, h: DeviceHealth) -> None:
-        if h.online and self._unread.get(h.device_id):
-            return  # it will be shown online by its first complete reading
+        # a device back before its first complete reading is shown online by that reading
+        show = not (h.online and self._unread.get(h.device_id))
         affected = [h.device_id] + [c.device.id for c in self.channels_of.get(h.device_id, [])]
         for dev_id in affected:
-            self._set_state(dev_id, {**self.states.get(dev_id, {}), "online": h.online}, self.clock.time())
+            if show:
+                self._set_state(dev_id, {**self.states.get(dev_id, {}), "online": h.online}, self.clock.time())
             if h.online:
                 self.arbiter.forget_applied(dev_id)
                 if self._tasks is not None:
