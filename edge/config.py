@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -372,7 +372,6 @@ def _pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int]
 _UNION_TAGS = {"tcp", "rtu", "ac", "meter", "relay", "light", "fan", "door", "rfid", "beacon_scanner",
                "ModbusDevice", "RelayChannel", "RfidReader", "BeaconScanner"}
 
-Checker = Callable[[Config], Iterator[tuple[Loc, str]]]
 
 
 def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
