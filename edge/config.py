@@ -373,7 +373,6 @@ _UNION_TAGS = {"tcp", "rtu", "ac", "meter", "relay", "light", "fan", "door", "rf
                "ModbusDevice", "RelayChannel", "RfidReader", "BeaconScanner"}
 
 
-
 def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
     """Problems no single field shows: duplicate ids, dangling references."""
     from drivers.modbus.profile import ProfileError, load_profile  # profiles are data, not code
