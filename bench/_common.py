@@ -14,9 +14,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge.demo import Child
 from simulator.local import free_port
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "start_simulator"]
+
+
+def start_simulator(cfg_path: Path, log_path: Path, *extra: str) -> Child:
+    """`campus-edge simulate` in its own session, once it printed READY; end it with `.stop()`."""
+    sim = Child("simulator", [sys.executable, "-m", "edge.cli", "--log-level", "WARNING", "simulate", "--config",
+                              str(cfg_path), *extra], dict(os.environ), log_path)
+    try:
+        sim.wait_ready()
+    except RuntimeError:
+        sim.stop()
+        raise
+    return sim
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, document, emit, run_guarded, self_cpu_s
+from _common import document, emit, run_guarded, self_cpu_s, start_simulator
 
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading
 from drivers.modbus.planner import ReadRequest
@@ -82,29 +80,6 @@ class _Sink:
 
     def on_health(self, health: DeviceHealth) -> None:
         pass
-
-
-def start_simulator(cfg_path: Path, log_path: Path) -> subprocess.Popen[str]:
-    exe = ROOT / ".venv" / "bin" / "campus-edge"
-    proc = subprocess.Popen([str(exe), "--log-level", "WARNING", "simulate", "--config", str(cfg_path),
-                             "--wire-emulation"], stdout=subprocess.PIPE, stderr=log_path.open("w"),
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "READY" not in line:
-        stop(proc)
-        raise RuntimeError(f"simulator did not start: {log_path.read_text()[-500:]}")
-    return proc
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def cpu_ticks(pid: int) -> float:
@@ -168,13 +143,13 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-wire-") as tmp:
             cfg_path = Path(tmp) / "wire.yaml"
             write_config(cfg_path, scenario, Path(tmp) / "rs485")
-            sim = start_simulator(cfg_path, Path(tmp) / "simulator.log")
+            sim = start_simulator(cfg_path, Path(tmp) / "simulator.log", "--wire-emulation")
             try:
                 results[name] = {"devices": f"{scenario['n']} x {scenario['profile']}", "poll_s": POLL_S,
-                                 **run_guarded(measure(cfg_path, args.window, args.warmup, sim.pid),
+                                 **run_guarded(measure(cfg_path, args.window, args.warmup, sim.proc.pid),
                                                           args.window + args.warmup + 60)}
             finally:
-                stop(sim)
+                sim.stop()
         print(f"{name}: {results[name]['ratio_achieved_over_limit']:.3f} of the wire limit", file=sys.stderr)
     ratios = [r["ratio_achieved_over_limit"] for r in results.values()]
     doc = document("wire_rate", started, line={"baudrate": BAUD, "bits_per_char": BITS_PER_CHAR,

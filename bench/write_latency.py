@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, document, emit, free_port, run_guarded, self_cpu_s, self_peak_rss_mib, summary_ms
+from _common import (
+    document,
+    emit,
+    free_port,
+    run_guarded,
+    self_cpu_s,
+    self_peak_rss_mib,
+    start_simulator,
+    summary_ms,
+)
 
 from edge.arbiter import Source
 from edge.config import load_config
@@ -54,28 +60,6 @@ def write_config(path: Path, port: int) -> None:
           f'room: "{va:03d}", poll_s: {AC_POLL_S}}}' for va in range(1, UNITS + 1)],
     ]
     path.write_text("\n".join(lines) + "\n")
-
-
-def start_simulator(cfg_path: Path, log_path: Path) -> subprocess.Popen[str]:
-    exe = ROOT / ".venv" / "bin" / "campus-edge"
-    proc = subprocess.Popen([str(exe), "--log-level", "WARNING", "simulate", "--config", str(cfg_path)],
-                            stdout=subprocess.PIPE, stderr=log_path.open("w"), stdin=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    assert proc.stdout is not None
-    if "READY" not in proc.stdout.readline():
-        stop(proc)
-        raise RuntimeError(f"simulator did not start: {log_path.read_text()[-500:]}")
-    return proc
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def poll_p99(d: Daemon) -> dict[str, Any]:
@@ -152,7 +136,7 @@ def main() -> int:
         try:
             result = run_guarded(run(cfg_path, args.writes, paths, args.seed), 120 + 3 * args.writes)
         finally:
-            stop(sim)
+            sim.stop()
     doc = document("write_latency", started, setup={
         "units": UNITS, "profile": "coolmasternet", "ac_poll_s": AC_POLL_S, "transport": "Modbus TCP, 127.0.0.1",
         "simulator": "campus-edge simulate (separate process)", "daemon": "in-process", "writes_per_path": args.writes,
