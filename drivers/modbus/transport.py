@@ -11,6 +11,8 @@ frame can then never be taken for the answer to the next request.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Sequence
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -32,6 +34,8 @@ LIBRARY_TIMEOUT_S = 60.0  # pymodbus' own response timeout: past every device's 
 CONNECT_TIMEOUT_S = 3.0  # ours: pymodbus would use its (long) response timeout to open a connection too
 LATE_REPLY_GUARD = 0.5  # after a serial timeout, wait this fraction of the timeout for a late frame...
 FRAME_GAP_CHARS = 3.5  # ...plus the RTU inter-frame silence, so the frame has surely ended
+
+log = logging.getLogger(__name__)
 
 
 GATEWAY_EXCEPTIONS = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond: the unit is gone
@@ -73,9 +77,20 @@ def make_client(bus: TcpBus | RtuBus, longest_timeout_s: float = 0.0) -> Client:
     if isinstance(bus, TcpBus):
         return AsyncModbusTcpClient(bus.host, port=bus.port, name=bus.id, reconnect_delay=0,
                                     timeout=library_timeout, retries=0)
-    return AsyncModbusSerialClient(bus.device, name=bus.id, baudrate=bus.baudrate, parity=bus.parity,
+    return AsyncModbusSerialClient(bus.device, name=bus.id, baudrate=bus.baudrate, parity=_line_parity(bus),
                                    stopbits=bus.stopbits, bytesize=bus.bytesize, reconnect_delay=0,
                                    timeout=library_timeout, retries=0)
+
+
+def _line_parity(bus: RtuBus) -> str:
+    """The bus's parity, except on a pseudo-terminal (the virtual school), which has no wire to frame.
+
+    Linux 6.x refuses even or odd parity on a pty outright; a real RS-485 adapter keeps its setting.
+    """
+    if bus.parity != "N" and os.path.realpath(bus.device).startswith("/dev/pts/"):
+        log.info("bus %s: %s is a pseudo-terminal; parity %s not applied", bus.id, bus.device, bus.parity)
+        return "N"
+    return bus.parity
 
 
 async def connect(client: Client) -> bool:
