@@ -71,11 +71,15 @@ def generate_keypair(private_path: str | os.PathLike[str], public_path: str | os
     return PublicKey(key_id(public), public, str(pub))
 
 
-def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
+def _read(path: str | os.PathLike[str]) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise KeyFileError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
+    data = _read(path)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
@@ -102,10 +106,7 @@ def load_public_keys(paths: Iterable[str | os.PathLike[str]]) -> list[PublicKey]
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(path, f"cannot read: {exc.strerror or exc}") from None
+    data = _read(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):

@@ -6,14 +6,14 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from simulator.local import free_port
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "until"]
 
 
 def _children() -> set[int]:
@@ -61,3 +61,12 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     for t in extra:
         t.cancel()
     pytest.fail(f"leaked asyncio tasks: {names}")
+
+
+async def until(pred: Callable[[], object], within: float = 10.0, what: str = "condition") -> None:
+    """Poll `pred` (a condition with no event to wait on) until true; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.05)

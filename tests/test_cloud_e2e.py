@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import aiomqtt
 import pytest
-from conftest import free_port
+from conftest import free_port, until
 from mqtt_broker import Broker, small_school
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
@@ -73,15 +73,6 @@ class Watcher:
 
     async def send(self, payload: str | bytes) -> None:
         await self.client.publish(self.topics.cmd, payload, qos=1)
-
-
-async def until(pred: Any, within_s: float, step_s: float = 0.05) -> None:
-    """Poll `pred` (a condition with no event to wait on) until true or `within_s` passes."""
-    deadline = time.monotonic() + within_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {within_s} s")
-        await asyncio.sleep(step_s)
 
 
 def claims(**over: Any) -> dict[str, Any]:

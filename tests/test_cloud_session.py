@@ -19,9 +19,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import free_port
+from conftest import free_port, until
 from mqtt_broker import Broker, small_school
-from test_cloud_e2e import Watcher, claims, until
+from test_cloud_e2e import Watcher, claims
 
 from cloud_sync.commands import SKEW_S
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command

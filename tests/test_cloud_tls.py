@@ -22,13 +22,13 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import free_port
+from conftest import free_port, until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mqtt_broker import Broker, small_school
-from test_cloud_e2e import Watcher, claims, until
+from test_cloud_e2e import Watcher, claims
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics

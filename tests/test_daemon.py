@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import free_port, until
 
 from edge.config import Config
 from edge.daemon import Daemon
@@ -46,14 +45,6 @@ def school_config(tmp: Path, port: int) -> Config:
         "ems": {"meter": "meter-main", "contract_kw": 180},
         "simulation": {"seed": 5},
     })
-
-
-async def until(pred: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import free_port, until
 from victoria import Victoria, binary
 
 from cloud_sync.outbox import Outbox
@@ -72,14 +72,6 @@ def ac_state(ts: float, on: bool = True, temp: float = 27.5) -> dict[str, Any]:
 def meter_state(ts: float, power_w: float = 50_000.0) -> dict[str, Any]:
     return {"online": True, "ts": iso(ts), "power_w": power_w, "energy_kwh": 1234.25, "voltage_v": [230.1, 229.9, None],
             "current_a": [10.5, 11.0, 9.5], "power_phase_w": None, "pf": 0.97, "freq_hz": 60.01, "demand_w": 123_456.0}
-
-
-async def until(cond: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def vm_until(vm: Victoria, match: str, n_samples: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:

@@ -16,9 +16,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from conftest import free_port
+from conftest import free_port, until
 from mqtt_broker import Broker, small_school
-from test_cloud_e2e import Watcher, claims, until
+from test_cloud_e2e import Watcher, claims
 from victoria import Victoria, binary
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
