@@ -27,7 +27,8 @@ from _common import document, emit, run_guarded, runnable_example
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading
 from drivers.modbus.planner import DeviceSpec, ReadRequest, plan, plan_contiguous, plan_per_value
 from drivers.modbus.profile import load_profile
-from edge.config import Config, load_config
+from edge.config import load_config
+from edge.core.config import Config
 
 PLANNERS: dict[str, Callable[[Sequence[DeviceSpec]], list[ReadRequest]]] = {
     "ours": plan, "per_value": plan_per_value, "contiguous": plan_contiguous}

@@ -29,9 +29,9 @@ from victoria import Victoria
 
 from cloud_sync.outbox import Outbox
 from cloud_sync.telemetry import TelemetryWriter, encode_body, make_point, post_write, write_url
-from edge.clock import SystemClock, iso
-from edge.config import Config
-from edge.events import EventBus, Message
+from edge.core.clock import SystemClock, iso
+from edge.core.config import Config
+from edge.core.events import EventBus, Message
 from simulator.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def rss_kib(python: str, imports: str, repeat: int = 3) -> int | str:
 
 def rss_report(influx_python: str | None) -> dict[str, Any]:
     me = sys.executable
-    daemon_base = "import edge.config, edge.events, edge.clock, cloud_sync.outbox"
+    daemon_base = "import edge.config, edge.core.events, edge.core.clock, cloud_sync.outbox"
     cases = {
         "bare": (me, ""),
         "daemon_base (config, events, outbox)": (me, daemon_base),

@@ -38,8 +38,8 @@ from _common import (
     summary_ms,
 )
 
-from edge.arbiter import Source
 from edge.config import load_config
+from edge.core.arbiter import Source
 from edge.daemon import Daemon
 from edge.http import get_json
 

@@ -78,8 +78,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cloud_sync.keys import PublicKey, key_id
-from edge.clock import Clock, SystemClock, iso
-from edge.config import Config
+from edge.core.clock import Clock, SystemClock, iso
+from edge.core.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,10 @@ def _target(args: argparse.Namespace) -> tuple[LinkSettings, Topics, str]:
 
     ident = f"campus-edge-ctl-{uuid.uuid4().hex[:8]}"
     if args.config:
-        from edge.config import ConfigError, load_config
+        from edge.core.loader import (
+            ConfigError,
+            load_config,  # the broker and the ids only: no profile checks needed
+        )
 
         try:
             cfg = load_config(args.config)

@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from cloud_sync.commands import TARGET_KINDS, Status, VerifiedCommand, result_payload
-from edge.arbiter import ApplyError, Outcome, Source
-from edge.clock import Clock, iso
-from edge.config import Config, RelayChannel
-from edge.events import EventBus, Message
-from edge.store import Store
+from edge.core.arbiter import ApplyError, Outcome, Source
+from edge.core.clock import Clock, iso
+from edge.core.config import Config, RelayChannel
+from edge.core.events import EventBus, Message
+from edge.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import MqttConfig
+from edge.core.config import MqttConfig
 
 log = logging.getLogger(__name__)
 

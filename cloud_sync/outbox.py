@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
-from edge.clock import Clock, SystemClock
+from edge.core.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 _A = TypeVar("_A")

@@ -50,7 +50,7 @@ from cloud_sync.keys import load_public_keys
 from cloud_sync.link import Category, LinkSettings, MqttLink, dumps
 from cloud_sync.outbox import Cls, Outbox, OutboxMessage
 from cloud_sync.topics import Topics, audience
-from edge.events import Message
+from edge.core.events import Message
 
 log = logging.getLogger(__name__)
 

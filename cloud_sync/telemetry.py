@@ -38,9 +38,9 @@ from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 from cloud_sync.outbox import Outbox
-from edge.clock import Clock
-from edge.config import Config, InfluxConfig, ModbusDevice, RelayChannel
-from edge.events import EventBus, Message, Subscription
+from edge.core.clock import Clock
+from edge.core.config import Config, InfluxConfig, ModbusDevice, RelayChannel
+from edge.core.events import EventBus, Message, Subscription
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.config import Config
+from edge.core.config import Config
 
 DEFAULT_PREFIX = "campus/v1"
 

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from edge.config import Config, ConfigError, load_config
+from edge.config import load_config
+from edge.core.config import Config
+from edge.core.loader import ConfigError
 from edge.logs import setup_logging
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2

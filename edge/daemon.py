@@ -19,13 +19,14 @@ from zoneinfo import ZoneInfo
 from drivers.devices import AC_WRITABLE, NO_COMMUNICATION_FAULT, channel_field, state_for
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading, WriteError
 from drivers.modbus.profile import Profile
-from edge.arbiter import MAX_DOOR_UNLOCK_S, MIN_OFF_S, ApplyError, Arbiter, Outcome, Request, Source
-from edge.clock import Clock, SystemClock, iso
-from edge.config import Config, RelayChannel, config_warnings
-from edge.events import EventBus, Message
+from edge.config import config_warnings
+from edge.core.arbiter import MAX_DOOR_UNLOCK_S, MIN_OFF_S, ApplyError, Arbiter, Outcome, Request, Source
+from edge.core.clock import Clock, SystemClock, iso
+from edge.core.config import Config, RelayChannel
+from edge.core.events import EventBus, Message
+from edge.core.schedule import ScheduleRunner
+from edge.core.store import Store
 from edge.http import HttpServer
-from edge.schedule import ScheduleRunner
-from edge.store import Store
 
 log = logging.getLogger("campus_edge.daemon")
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from edge.config import Config, load_config
+from edge.config import load_config
+from edge.core.config import Config
 from edge.http import get_json
 from edge.view import render_status
 from simulator.local import Broker

@@ -11,7 +11,9 @@ from typing import Any, cast, get_args
 from drivers.modbus import tools
 from drivers.modbus.profile import DataType, Table
 from drivers.modbus.transport import DeviceException, TransportError
-from edge.config import ConfigError, RtuBus, TcpBus, load_config
+from edge.config import load_config
+from edge.core.config import RtuBus, TcpBus
+from edge.core.loader import ConfigError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 

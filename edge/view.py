@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.config import Config, ModbusDevice, RelayChannel
+from edge.core.config import Config, ModbusDevice, RelayChannel
 
 
 def _ac_cell(st: dict[str, Any] | None) -> str:

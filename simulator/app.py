@@ -24,8 +24,8 @@ from types import TracebackType
 from zoneinfo import ZoneInfo
 
 from drivers.modbus.profile import ProfileError, load_profile
-from edge.clock import Clock, ScaledClock
-from edge.config import Config, ModbusDevice, RtuBus, TcpBus
+from edge.core.clock import Clock, ScaledClock
+from edge.core.config import Config, ModbusDevice, RtuBus, TcpBus
 from simulator.physics import (
     AcSnapshot,
     ChannelSpec,

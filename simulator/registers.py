@@ -22,7 +22,7 @@ from drivers.modbus.waveshare import (
     FLASH_ON,
     FLASH_STEP_S,
 )
-from edge.config import ModbusDevice
+from edge.core.config import ModbusDevice
 from simulator.physics import FANS, MODES, AcUnit, Fan, MeterSnapshot, Mode, RelayBoard, SchoolPhysics
 
 Table = Literal["coil", "discrete", "holding", "input"]

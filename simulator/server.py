@@ -35,7 +35,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge.config import RtuBus, TcpBus
+from edge.core.config import RtuBus, TcpBus
 from simulator.registers import DEVICE_FAILURE, ILLEGAL_FUNCTION, ModbusError, UnitMemory
 
 FaultMode = Literal["silent", "exception", "garbage"]

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge.arbiter import ApplyError, Arbiter, Request, Source
-from edge.clock import ManualClock
-from edge.store import Store
+from edge.core.arbiter import ApplyError, Arbiter, Request, Source
+from edge.core.clock import ManualClock
+from edge.core.store import Store
 
 
 class Unit:

@@ -19,7 +19,7 @@ from mqtt_broker import Broker, small_school
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
-from edge.config import Config
+from edge.core.config import Config
 from edge.daemon import Daemon
 from simulator.app import VirtualSchool
 

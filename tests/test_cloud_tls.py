@@ -32,7 +32,7 @@ from test_cloud_e2e import Watcher, claims
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
-from edge.config import Config
+from edge.core.config import Config
 from edge.daemon import Daemon
 from simulator.app import VirtualSchool
 

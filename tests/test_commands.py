@@ -43,8 +43,8 @@ from cloud_sync.keys import (
     load_public_keys,
     sign_command,
 )
-from edge.clock import ManualClock
 from edge.config import load_config
+from edge.core.clock import ManualClock
 
 NOW = 1_780_000_000.0
 TZ = ZoneInfo("Asia/Taipei")
@@ -532,8 +532,8 @@ class _Gateway:
     def __init__(self, root: Path, error: Exception | None = None) -> None:
         from mqtt_broker import small_school
 
-        from edge.config import Config
-        from edge.events import EventBus
+        from edge.core.config import Config
+        from edge.core.events import EventBus
 
         self.cfg = Config.model_validate(small_school(root, modbus_port=1, broker_port=None, pub_key=None))
         self.clock = ManualClock(NOW)
@@ -579,7 +579,7 @@ async def test_dispatcher_never_drives_a_door_with_relay_set(tmp_path: Path) -> 
 ])
 async def test_dispatcher_answers_unlock_errors_of_the_daemon(tmp_path: Path, error: str, status: str) -> None:
     from cloud_sync.dispatch import Dispatcher
-    from edge.arbiter import ApplyError
+    from edge.core.arbiter import ApplyError
 
     _kind, code = error.split(":")
     exc = ApplyError(code, "no answer")

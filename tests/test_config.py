@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import Config, ConfigError, ConfigProblem, ModbusDevice, RtuBus, TcpBus, load_config
+from edge.config import load_config
+from edge.core.config import Config, ModbusDevice, RtuBus, TcpBus
+from edge.core.loader import ConfigError, ConfigProblem
 
 MINIMAL = """\
 site:

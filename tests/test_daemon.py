@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import free_port, until
 
-from edge.config import Config
+from edge.core.config import Config
 from edge.daemon import Daemon
 from edge.http import get_json
 from simulator.app import VirtualSchool
@@ -139,7 +139,7 @@ async def test_ac_fault_code_becomes_a_fault_event(site: tuple[VirtualSchool, Da
 
 
 def _local() -> Any:
-    from edge.arbiter import Source
+    from edge.core.arbiter import Source
 
     return Source.LOCAL
 

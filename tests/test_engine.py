@@ -17,7 +17,7 @@ from drivers.modbus.engine import ModbusBus, ModbusEngine, WriteError
 from drivers.modbus.planner import DeviceSpec, plan
 from drivers.modbus.profile import load_profile
 from drivers.modbus.transport import DeviceException, Disconnected, Timeout
-from edge.config import Config, RtuBus, TcpBus
+from edge.core.config import Config, RtuBus, TcpBus
 
 COOLMASTER = load_profile("coolmasternet")
 DAIKIN = load_profile("daikin-dta116a51")

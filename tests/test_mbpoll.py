@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port
 
 from drivers.modbus.profile import encode, load_profile
-from edge.config import Config
+from edge.core.config import Config
 from simulator.app import VirtualSchool
 
 pytestmark = pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll (Debian package) not installed")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cloud_sync.outbox import ALARM_AT, TELEMETRY_KEEP_EVERY, WAL_AUTOCHECKPOINT_PAGES, Outbox, OutboxStats
-from edge.clock import ManualClock
+from edge.core.clock import ManualClock
 
 MB = 1024 * 1024
 

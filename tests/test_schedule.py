@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.clock import ManualClock
-from edge.schedule import ScheduleRunner, next_fire, parse_days, parse_hhmm
+from edge.core.clock import ManualClock
+from edge.core.schedule import ScheduleRunner, next_fire, parse_days, parse_hhmm
 
 TPE = ZoneInfo("Asia/Taipei")
 

@@ -15,7 +15,8 @@ from conftest import free_port
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
 from drivers.modbus.profile import decode, load_profile
-from edge.config import Config, ModbusDevice, RtuBus, TcpBus, load_config
+from edge.config import load_config
+from edge.core.config import Config, ModbusDevice, RtuBus, TcpBus
 from simulator.app import VirtualSchool
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example-school.yaml"

@@ -20,8 +20,8 @@ from pymodbus.framer import FramerRTU
 
 from drivers.modbus.profile import decode, load_profile
 from drivers.modbus.waveshare import FlashRequest, FlashResponse
-from edge.clock import ManualClock
-from edge.config import Config
+from edge.core.clock import ManualClock
+from edge.core.config import Config
 from simulator.app import VirtualSchool
 from simulator.server import ServerConfigError
 

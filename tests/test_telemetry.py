@@ -28,9 +28,9 @@ from cloud_sync.telemetry import (
     post_write,
     state_fields,
 )
-from edge.clock import SystemClock, iso
-from edge.config import Config
-from edge.events import EventBus, Message
+from edge.core.clock import SystemClock, iso
+from edge.core.config import Config
+from edge.core.events import EventBus, Message
 
 ODD_ROOM = "3年1班, A=b\\c \"q\""
 

@@ -23,7 +23,7 @@ from victoria import Victoria, binary
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
-from edge.config import Config
+from edge.core.config import Config
 from edge.daemon import Daemon
 from simulator.app import VirtualSchool
 

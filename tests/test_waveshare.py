@@ -26,7 +26,7 @@ from drivers.modbus.waveshare import (
     WaveshareCoilRequest,
     flash_steps,
 )
-from edge.config import RtuBus
+from edge.core.config import RtuBus
 
 RELAY = load_profile("waveshare-relay-8ch")
 DOC_FRAME = bytes.fromhex("01 05 02 00 00 07 8D B0")  # Waveshare wiki / DOMAIN.md: relay 0 on for 700 ms

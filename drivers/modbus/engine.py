@@ -35,8 +35,8 @@ from drivers.modbus.transport import (
     TransportError,
 )
 from drivers.modbus.waveshare import FlashRequest, FlashResponse, flash_steps
-from edge.clock import Clock, SystemClock
-from edge.config import Config, RtuBus, TcpBus
+from edge.core.clock import Clock, SystemClock
+from edge.core.config import Config, RtuBus, TcpBus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

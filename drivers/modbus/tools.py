@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from drivers.modbus import transport
 from drivers.modbus.profile import BIT_TABLES, WORDS, DataType, Point, Table, WordOrder, raw_from_words
 from drivers.modbus.transport import GATEWAY_EXCEPTIONS, DeviceException, Disconnected, Garbage, Timeout
-from edge.config import RtuBus, TcpBus
+from edge.core.config import RtuBus, TcpBus
 
 SCAN_TIMEOUT_S = 0.2  # a present device answers a one-register read well within this on 9600 baud
 DEFAULT_PROBE: tuple[Table, int] = ("holding", 0)

@@ -27,7 +27,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from drivers.modbus.profile import BIT_TABLES, Table
-from edge.config import RtuBus, TcpBus
+from edge.core.config import RtuBus, TcpBus
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 LIBRARY_TIMEOUT_S = 60.0  # pymodbus' own response timeout: past every device's (config caps them at 30 s)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from edge.clock import Clock
+from edge.core.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
 
-from edge.clock import Clock, SystemClock
-from edge.store import Store
+from edge.core.clock import Clock, SystemClock
+from edge.core.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,227 @@
+"""Site configuration (CONTRACT.md section 2): typed, frozen models (loading: `edge.core.loader`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge.core.schedule import parse_days
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+DEFAULT_POLL_S = {"ac": 2.0, "meter": 1.0, "relay": 1.0}
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Site(_M):
+    school_id: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9]+$")
+    gateway_id: Id
+    timezone: str = "Asia/Taipei"
+
+
+class MqttConfig(_M):
+    url: str = Field(pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str | None = None          # default campus-edge-{school_id}-{gateway_id}: stable, for the session
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    persistent_session: bool = True       # the broker queues commands sent while the gateway is away
+
+
+class InfluxConfig(_M):
+    url: str = Field(pattern=r"^https?://")
+    org: str
+    bucket: str
+    token_file: Path | None = None
+    flush_s: float = Field(10.0, gt=0, le=3600)   # how often what is due is POSTed (latency vs requests)
+
+
+class CloudConfig(_M):
+    mqtt: MqttConfig
+    topic_prefix: str = "campus/v1"
+    command_keys: list[Path] = Field(default_factory=list)
+    influx: InfluxConfig | None = None
+
+
+class Storage(_M):
+    path: Path = Path("/var/lib/campus-edge")
+
+
+class TcpBus(_M):
+    id: Id
+    type: Literal["tcp"]
+    host: str
+    port: int = Field(502, ge=1, le=65535)
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    retries: int = Field(1, ge=0, le=5)
+
+
+class RtuBus(_M):
+    id: Id
+    type: Literal["rtu"]
+    device: str = Field(min_length=1)
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(1.0, gt=0, le=30)
+    retries: int = Field(1, ge=0, le=5)
+
+
+Bus = Annotated[TcpBus | RtuBus, Field(discriminator="type")]
+
+
+class Room(_M):
+    id: Id
+    name: str = ""
+    floor: int = Field(1, ge=-5, le=200)
+    area_m2: float = Field(70.0, gt=0, le=2000)
+    west_facing: bool = False
+    pupils: int = Field(28, ge=0, le=200)
+
+
+class ModbusDevice(_M):
+    id: Id
+    kind: Literal["ac", "meter", "relay"]
+    profile: str
+    bus: Id
+    unit: int = Field(ge=0, le=247)
+    index: int | None = Field(None, ge=0, le=65535)
+    offset: int = Field(0, ge=-16, le=16, description="per-device address shift (firmware quirks)")
+    room: Id | None = None
+    name: str = ""
+    poll_s: float | None = Field(None, ge=0.1, le=3600)
+    timeout_s: float | None = Field(None, gt=0, le=30)
+
+    @property
+    def poll_period_s(self) -> float:
+        return self.poll_s if self.poll_s is not None else DEFAULT_POLL_S[self.kind]
+
+
+class RelayChannel(_M):
+    id: Id
+    kind: Literal["light", "fan", "door"]
+    relay: Id
+    channel: int = Field(ge=0, le=63)
+    room: Id | None = None
+    name: str = ""
+
+
+class RfidReader(_M):
+    id: Id
+    kind: Literal["rfid"]
+    port: str
+    framing: Literal["rdm6300", "wiegand26", "wiegand34", "line"]
+    purpose: Literal["gate", "door", "health"]
+    door: Id | None = None
+    baudrate: int = 9600
+    name: str = ""
+
+
+class BeaconScanner(_M):
+    id: Id
+    kind: Literal["beacon_scanner"]
+    adapter: str | None = None
+    away_s: float = Field(180.0, gt=0)
+    name: str = ""
+
+
+Device = Annotated[ModbusDevice | RelayChannel | RfidReader | BeaconScanner, Field(discriminator="kind")]
+
+
+class EmsConfig(_M):
+    meter: Id
+    contract_kw: float = Field(gt=0, le=100000)
+
+
+class ScheduleEntry(_M):
+    """At `at` on `days`, set `set` on `targets` (device ids, room ids, or `kind:ac` / `kind:light` ...)."""
+
+    id: Id
+    at: str = Field(pattern=r"^([01]?\d|2[0-3]):[0-5]\d$")
+    days: str = "mon-fri"
+    targets: list[str] = Field(min_length=1)
+    set: dict[str, bool | float | str] = Field(min_length=1)
+    hold_min: float = Field(0, ge=0, le=24 * 60, description="0 = switch once; >0 = hold at schedule priority")
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: str) -> str:
+        parse_days(v)
+        return v
+
+
+class SimulationConfig(_M):
+    """Knobs of the virtual school (`campus-edge simulate`); ignored by the daemon."""
+
+    speed: float = Field(1.0, gt=0, le=3600, description="simulated seconds per real second")
+    start: str | None = Field(None, description="ISO 8601 start of simulated time (default: now)")
+    outdoor_min_c: float = 27.0
+    outdoor_max_c: float = 34.0
+    base_load_kw: float = Field(25.0, ge=0)
+    seed: int = 7
+    initial_room_c: float | None = None
+    wire_emulation: bool = Field(
+        False, description="answer RTU requests after the time the frames take at the bus baud rate (ptys ignore baud)"
+    )
+
+
+class Config(_M):
+    site: Site
+    cloud: CloudConfig | None = None
+    storage: Storage = Storage()
+    profile_dirs: list[Path] = Field(default_factory=list)
+    buses: list[Bus] = Field(default_factory=list)
+    rooms: list[Room] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
+    ems: EmsConfig | None = None
+    schedules: list[ScheduleEntry] = Field(default_factory=list)
+    simulation: SimulationConfig = SimulationConfig()
+    status_port: int = Field(8765, ge=0, le=65535, description="loopback HTTP status API (0 = any free port)")
+
+    # -- look-ups used everywhere ---------------------------------------------------------------
+    def modbus_devices(self) -> list[ModbusDevice]:
+        return [d for d in self.devices if isinstance(d, ModbusDevice)]
+
+    def relay_channels(self) -> list[RelayChannel]:
+        return [d for d in self.devices if isinstance(d, RelayChannel)]
+
+    def actuators_for(self, target: str) -> list[str]:
+        """Actuator ids a schedule target names: a device id, a room id, or `kind:KIND`.
+
+        Doors are never schedule targets: they open only by a timed unlock that re-locks in hardware.
+        """
+        writable = [d for d in self.devices
+                    if (isinstance(d, ModbusDevice) and d.kind == "ac")
+                    or (isinstance(d, RelayChannel) and d.kind != "door")]
+        if target.startswith("kind:"):
+            return [d.id for d in writable if d.kind == target[5:]]
+        if any(d.id == target for d in writable):
+            return [target]
+        return [d.id for d in writable if getattr(d, "room", None) == target]
+
+    def device(self, device_id: str) -> Device:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+    def bus(self, bus_id: str) -> TcpBus | RtuBus:
+        for b in self.buses:
+            if b.id == bus_id:
+                return b
+        raise KeyError(bus_id)
+
+    def room(self, room_id: str) -> Room:
+        for r in self.rooms:
+            if r.id == room_id:
+                return r
+        raise KeyError(room_id)

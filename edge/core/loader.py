@@ -1,0 +1,309 @@
+"""Loading a site configuration: YAML with line numbers, validated into the models of `edge.core.config`.
+
+Every problem is reported with the file, the line and the field path, and all problems are
+reported at once, so an installer fixes a config in one pass. Checks that need a driver's or the
+cloud link's knowledge (device profiles, key files) are passed in by the caller (`checks`): the
+core knows no driver.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from edge.core.config import Config, ModbusDevice, RelayChannel, RfidReader, RtuBus
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '(top)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+Loc = tuple[str | int, ...]
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_env(text: str, missing: list[str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        if name in os.environ:
+            return os.environ[name]
+        if m.group(2) is not None:
+            return m.group(2)
+        missing.append(name)
+        return m.group(0)
+
+    return _ENV.sub(sub, text)
+
+
+def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], missing_env: list[tuple[Loc, str]]) -> Any:
+    """Python data from a composed YAML node, recording each path's line (1-based)."""
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, val_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else yaml.safe_load(yaml.serialize(key_node))
+            if key in out:
+                lines[(*loc, key)] = key_node.start_mark.line + 1
+                raise _DuplicateKey((*loc, key))
+            out[key] = _walk(val_node, (*loc, key), lines, missing_env)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(v, (*loc, i), lines, missing_env) for i, v in enumerate(node.value)]
+    value = yaml.SafeLoader(yaml.serialize(node)).get_single_data()  # resolve the scalar's tag
+    if isinstance(value, str) and "$" in value:
+        missing: list[str] = []
+        value = _expand_env(value, missing)
+        missing_env.extend((loc, name) for name in missing)
+        if isinstance(node, yaml.ScalarNode) and node.style is None:
+            value = _env_scalar(value)
+    return value
+
+
+def _env_scalar(text: str) -> Any:
+    """`port: ${PORT}` is a number; any other expanded text (`{`, `a: b`, a date) stays text."""
+    try:
+        parsed = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+    return parsed if isinstance(parsed, int | float) else text
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, loc: Loc) -> None:
+        self.loc = loc
+
+
+def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _fmt_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
+    """Parse `path`; return (data, line map, problems). Syntax errors become problems."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, {}, [ConfigProblem(name, None, "", f"cannot read: {exc.strerror or exc}")]
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        msg = str(getattr(exc, "problem", None) or exc)
+        return None, {}, [ConfigProblem(name, line, "", f"YAML syntax error: {msg}")]
+    if node is None:
+        return None, {}, [ConfigProblem(name, None, "", "the file is empty")]
+    lines: dict[Loc, int] = {}
+    missing_env: list[tuple[Loc, str]] = []
+    try:
+        data = _walk(node, (), lines, missing_env)
+    except _DuplicateKey as dup:
+        return None, lines, [ConfigProblem(name, lines.get(dup.loc), _fmt_loc(dup.loc), "duplicate key")]
+    problems = [ConfigProblem(name, lines.get(loc), _fmt_loc(loc), f"environment variable {var} is not set")
+                for loc, var in missing_env]
+    return data, lines, problems
+
+
+def _pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int]) -> list[ConfigProblem]:
+    out = []
+    for err in exc.errors():
+        loc: Loc = tuple(err["loc"])
+        # discriminated unions add the tag ('ac', 'tcp') to the path: drop it for a readable path
+        clean: Loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(ConfigProblem(file, _line_for(clean, lines), _fmt_loc(clean), msg))
+    return out
+
+
+_UNION_TAGS = {"tcp", "rtu", "ac", "meter", "relay", "light", "fan", "door", "rfid", "beacon_scanner",
+               "ModbusDevice", "RelayChannel", "RfidReader", "BeaconScanner"}
+
+
+Check = Callable[[Config], Iterable[tuple[Loc, str]]]
+"""A cross-check supplied by the caller: (field path, message) for each problem it finds."""
+
+
+def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
+    """Problems no single field shows: duplicate ids, dangling references."""
+    for section, items in (("buses", cfg.buses), ("rooms", cfg.rooms), ("devices", cfg.devices)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.id in seen:
+                yield (section, i, "id"), f"duplicate id {item.id!r} (first at {section}[{seen[item.id]}])"
+            else:
+                seen[item.id] = i
+    bus_ids = {b.id for b in cfg.buses}
+    room_ids = {r.id for r in cfg.rooms}
+    by_id = {d.id: d for d in cfg.devices}
+    units_seen: dict[tuple[str, int, int | None], int] = {}
+    for i, dev in enumerate(cfg.devices):
+        room = getattr(dev, "room", None)
+        if room is not None and room not in room_ids:
+            yield ("devices", i, "room"), f"unknown room {room!r}"
+        if isinstance(dev, ModbusDevice):
+            if dev.bus not in bus_ids:
+                yield ("devices", i, "bus"), f"unknown bus {dev.bus!r} (buses: {', '.join(sorted(bus_ids)) or 'none'})"
+            key = (dev.bus, dev.unit, dev.index)
+            if key in units_seen:
+                first = units_seen[key]
+                yield ("devices", i, "unit"), f"same bus, unit and index as devices[{first}] ({cfg.devices[first].id})"
+            else:
+                units_seen[key] = i
+        elif isinstance(dev, RelayChannel):
+            board = by_id.get(dev.relay)
+            if not isinstance(board, ModbusDevice) or board.kind != "relay":
+                yield ("devices", i, "relay"), f"{dev.relay!r} is not a relay board device"
+        elif isinstance(dev, RfidReader) and dev.purpose == "door":
+            door = by_id.get(dev.door) if dev.door else None
+            if not isinstance(door, RelayChannel) or door.kind != "door":
+                yield ("devices", i, "door"), f"a door reader needs `door:` naming a door device ({dev.door!r} is not)"
+    relay_chan: dict[tuple[str, int], str] = {}
+    for i, dev in enumerate(cfg.devices):
+        if isinstance(dev, RelayChannel):
+            k = (dev.relay, dev.channel)
+            if k in relay_chan:
+                yield ("devices", i, "channel"), f"channel {dev.channel} of {dev.relay} already used by {relay_chan[k]}"
+            relay_chan[k] = dev.id
+    for i, entry in enumerate(cfg.schedules):
+        for j, target in enumerate(entry.targets):
+            if not cfg.actuators_for(target):
+                yield ("schedules", i, "targets", j), (
+                    f"{target!r} names no AC, light or fan (device, room or kind:KIND)")
+    rtu_buses = {b.id for b in cfg.buses if isinstance(b, RtuBus)}
+    for i, dev in enumerate(cfg.devices):
+        if isinstance(dev, ModbusDevice) and dev.bus in rtu_buses and dev.unit == 0:
+            yield ("devices", i, "unit"), "unit 0 is the RS-485 broadcast address: use 1..247"
+    if cfg.ems is not None:
+        meter = by_id.get(cfg.ems.meter)
+        if not isinstance(meter, ModbusDevice) or meter.kind != "meter":
+            yield ("ems", "meter"), f"{cfg.ems.meter!r} is not a meter device"
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative paths are relative to the config file (CONTRACT.md section 2)."""
+
+    def fix(v: Any) -> Any:
+        return v if not isinstance(v, str) or os.path.isabs(v) else str(base / v)
+
+    if isinstance(data.get("profile_dirs"), list):
+        data["profile_dirs"] = [fix(v) for v in data["profile_dirs"]]
+    storage = data.get("storage")
+    if isinstance(storage, dict) and "path" in storage:
+        storage["path"] = fix(storage["path"])
+    cloud = data.get("cloud")
+    if isinstance(cloud, dict):
+        if isinstance(cloud.get("command_keys"), list):
+            cloud["command_keys"] = [fix(v) for v in cloud["command_keys"]]
+        for sub, keys in (("mqtt", ("password_file", "ca_file", "cert_file", "key_file")), ("influx", ("token_file",))):
+            sect = cloud.get(sub)
+            if isinstance(sect, dict):
+                for k in keys:
+                    if k in sect:
+                        sect[k] = fix(sect[k])
+
+
+LIST_SECTIONS = ("buses", "rooms", "devices", "schedules")
+
+
+def _prune(data: dict[str, Any], exc: ValidationError) -> tuple[dict[str, Any], dict[str, list[int]], set[str]]:
+    """`data` without the list items and top-level keys that failed validation.
+
+    Returns the pruned data, for each list section the original index of every kept item, and
+    the ids of the removed items (so that cross-checks do not also call them "unknown").
+    """
+    bad_items: dict[str, set[int]] = {}
+    bad_keys: set[str] = set()
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) >= 2 and loc[0] in LIST_SECTIONS and isinstance(loc[1], int):
+            bad_items.setdefault(str(loc[0]), set()).add(loc[1])
+        elif loc:
+            bad_keys.add(str(loc[0]))
+    pruned = {k: v for k, v in data.items() if k not in bad_keys}
+    kept: dict[str, list[int]] = {}
+    removed_ids: set[str] = set()
+    for section in LIST_SECTIONS:
+        items = data.get(section)
+        if not isinstance(items, list) or section in bad_keys:
+            continue
+        kept[section] = [i for i in range(len(items)) if i not in bad_items.get(section, set())]
+        pruned[section] = [items[i] for i in kept[section]]
+        removed_ids |= {str(items[i].get("id")) for i in bad_items.get(section, set()) if isinstance(items[i], dict)}
+    return pruned, kept, removed_ids
+
+
+def load_config(path: str | os.PathLike[str], checks: Iterable[Check] = ()) -> Config:
+    """Load and validate a config file; raise ConfigError listing every problem found.
+
+    Problems of form (a wrong type, an unknown key) and of meaning (an unknown bus, a duplicate
+    id) are reported together: the items with form problems are set aside and the rest is checked.
+    """
+    p = Path(path)
+    name = str(path)
+    data, lines, problems = load_yaml_with_lines(p)
+    if data is None:
+        raise ConfigError(problems)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(name, 1, "", "the top level must be a mapping")])
+    _resolve_paths(data, p.resolve().parent)
+    kept: dict[str, list[int]] = {}
+    removed: set[str] = set()
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += _pydantic_problems(name, exc, lines)
+        pruned, kept, removed = _prune(data, exc)
+        try:
+            cfg = Config.model_validate(pruned)
+        except ValidationError:
+            raise ConfigError(problems) from None
+    found = list(_cross_checks(cfg))
+    for check in checks:
+        found += check(cfg)
+    for where, msg in found:
+        if any(f"'{rid}'" in msg for rid in removed):
+            continue  # a consequence of a problem already reported
+        loc = where
+        if len(where) > 1 and where[0] in kept and isinstance(where[1], int):
+            loc = (where[0], kept[str(where[0])][where[1]], *where[2:])  # index in the file, not the pruned list
+        problems.append(ConfigProblem(name, _line_for(loc, lines), _fmt_loc(loc), msg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
