@@ -1,4 +1,4 @@
-"""Signed cloud commands (CONTRACT.md section 3): verify, authorise, validate, journal.
+"""Signed cloud commands (CONTRACT.md section 3): verify, authorise, validate.
 
 `CommandVerifier.verify(payload)` turns the bytes of one `P/cmd` message into a `VerifiedCommand`
 or a `Rejection` carrying the contract's result code. The checks run cheapest-and-least-trusting
@@ -30,30 +30,8 @@ opened only by `door.unlock`: a pulse the relay board ends by itself (flash), ca
 `MAX_DOOR_UNLOCK_S` and logged as a `door` event. `relay.set` on a door is `bad_request` (the action
 does not apply to that kind of target, for any role), not `forbidden` (which is about who asks).
 
-The journal protocol ("a restart between receipt and result neither loses the result nor applies
-the command twice"), for the daemon:
-
-    cmd = verifier.verify(payload)              # commit 1: jti journalled 'received'
-    outcome = await daemon.command(...)         # the device is written
-    journal.applied(cmd.id, result)             # commit 2: the result is durable in the journal
-    outbox.put(P/cmd/result, result, "result", msg_id=cmd.id)   # commit 3 (synchronous=NORMAL)
-    ... PUBACK of that result ...
-    journal.delivered(cmd.id)                   # commit 4: 'answered'; pruned once the token has expired
-
-The journal (synchronous=FULL) says `answered` only after the broker acknowledged the result: the
-outbox commits with synchronous=NORMAL, so a power cut can lose its row, and the journal must not
-claim an answer the outbox no longer holds.
-
-At start-up, `journal.pending()` lists what a crash interrupted; `recovery_step` says what to do:
-* `applied` (crash after commit 2): put the stored result in the outbox again (unless the outbox
-  still holds it). Until its PUBACK it stays `applied`, so every restart offers it again; the
-  result may go out twice with the same id and the cloud de-duplicates (at-least-once, as for
-  events). No result is lost.
-* `received` (crash between commits 1 and 2): the device may or may not have been written. The
-  window that remains is here. Actions that set an absolute desired state (`ac.set`, `relay.set`,
-  documents with versions) are re-applied if the token is still valid: the second application
-  has the effect of the first. A door unlock is a pulse, not a state: it is answered `failed`
-  (`write_failed`, "interrupted by a restart") and never repeated, as is anything expired.
+The params models are in `cloud_sync.params`, the journal (replay memory, crash recovery) in
+`cloud_sync.journal`.
 """
 
 from __future__ import annotations
@@ -65,34 +43,29 @@ import logging
 import math
 import os
 import re
-import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, tzinfo
-from pathlib import Path
-from typing import Any, Literal, get_args
+from datetime import tzinfo
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cloud_sync.journal import SKEW_S, CommandJournal
 from cloud_sync.keys import PublicKey, key_id
+from cloud_sync.params import MAX_ID_LEN, PARAMS, AccessPut, AcSet, DoorUnlock, IdStr
 from edge.core.clock import Clock, SystemClock, iso
 from edge.core.config import Config
 
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 16 * 1024
-SKEW_S = 30.0               # clocks of the cloud and of a gateway (NTP, or a Pi without RTC) disagree this much
 MAX_LIFETIME_S = 900.0      # exp - iat: a command is for now, not for a queue that delivers it tomorrow
-PRUNE_EVERY_S = 60.0        # how often answered, expired jtis are forgotten
 MAX_DOOR_UNLOCK_S = 600
-MAX_ID_LEN = 128
 
 Role = Literal["teacher", "facility", "admin"]
 Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "booking.put", "booking.delete", "access.put"]
-ACTIONS: tuple[str, ...] = get_args(Action)
 Code = Literal["ok", "bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
                "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "write_failed"]
 Status = Literal["ok", "rejected", "failed"]
@@ -108,8 +81,6 @@ TARGET_KINDS: dict[str, frozenset[str]] = {
     "access.put": frozenset({"site"}),
 }
 TEACHER_ACTIONS = frozenset({"ac.set", "relay.set", "door.unlock", "booking.put", "booking.delete"})
-# Re-applying one of these after a crash has the effect of applying it once (see the module docstring).
-IDEMPOTENT_ACTIONS = frozenset({"ac.set", "relay.set", "alarm.set", "booking.put", "booking.delete", "access.put"})
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -182,14 +153,7 @@ class CommandPolicy:
     max_unlock_s: int = MAX_DOOR_UNLOCK_S
 
 
-# -- claims and params -------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-IdStr = Field(min_length=1, max_length=MAX_ID_LEN)
-
-
+# -- claims ------------------------------------------------------------------------------------------
 class Claims(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)  # iss, nbf, ... may come along
 
@@ -204,259 +168,6 @@ class Claims(BaseModel):
     params: dict[str, Any]
     rooms: list[str] | None = None
     nbf: float | None = None
-
-
-class AcSet(_Strict):
-    power_on: bool | None = None
-    mode: Literal["cool", "heat", "dry", "fan", "auto"] | None = None
-    setpoint_c: float | None = None
-    fan: Literal["auto", "low", "medium", "high"] | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> AcSet:
-        if not self.model_fields_set:
-            raise ValueError("at least one of power_on, mode, setpoint_c, fan")
-        return self
-
-
-class RelaySet(_Strict):
-    on: bool
-
-
-class DoorUnlock(_Strict):
-    seconds: float
-
-
-class AlarmLevel(_Strict):
-    level: Literal["notice", "warning", "critical"]
-    demand_kw: float = Field(gt=0, le=100_000)
-
-
-class AlarmSet(_Strict):
-    """Contract-capacity alarm thresholds (DOMAIN.md section 1: user-defined overrun alarms)."""
-
-    levels: list[AlarmLevel] = Field(min_length=1, max_length=3)
-
-    @field_validator("levels")
-    @classmethod
-    def _unique(cls, v: list[AlarmLevel]) -> list[AlarmLevel]:
-        if len({lv.level for lv in v}) != len(v):
-            raise ValueError("each level at most once")
-        return v
-
-
-def _aware(v: str) -> str:
-    try:
-        dt = datetime.fromisoformat(v)
-    except ValueError:
-        raise ValueError("an ISO 8601 date-time is expected") from None
-    if dt.tzinfo is None:
-        raise ValueError("the date-time needs an offset, e.g. +08:00")
-    return v
-
-
-class BookingPut(_Strict):
-    id: str = IdStr
-    start: str
-    end: str
-    title: str = Field("", max_length=200)
-    by: str | None = Field(None, max_length=MAX_ID_LEN)
-
-    _start = field_validator("start", "end")(_aware)
-
-    @model_validator(mode="after")
-    def _order(self) -> BookingPut:
-        if datetime.fromisoformat(self.end) <= datetime.fromisoformat(self.start):
-            raise ValueError("end must be after start")
-        return self
-
-
-class BookingDelete(_Strict):
-    id: str = IdStr
-
-
-DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
-DAYS_RE = rf"^{DAY}(-{DAY})?(,{DAY}(-{DAY})?)*$"
-
-
-class Window(_Strict):
-    days: str = Field(pattern=DAYS_RE)
-    from_: str = Field(alias="from")
-    to: str
-
-    @field_validator("from_", "to")
-    @classmethod
-    def _hhmm(cls, v: str) -> str:
-        if not re.fullmatch(r"\d\d:\d\d", v):
-            raise ValueError("HH:MM is expected")
-        time.fromisoformat(v)  # ValueError for 25:00
-        return v
-
-    @model_validator(mode="after")
-    def _order(self) -> Window:
-        if self.to <= self.from_:
-            raise ValueError("'to' must be after 'from'")
-        return self
-
-
-class Card(_Strict):
-    card: str = Field(pattern=r"^[0-9]{1,20}$")
-    person: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN)
-    doors: list[str] = Field(max_length=256)
-    windows: list[Window] | None = None
-    valid_until: str | None = None
-
-    @field_validator("valid_until")
-    @classmethod
-    def _date(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                date.fromisoformat(v)
-            except ValueError:
-                raise ValueError("YYYY-MM-DD is expected") from None
-        return v
-
-
-class AccessPut(_Strict):
-    version: int = Field(ge=0)
-    cards: list[Card]
-
-
-PARAMS: dict[str, type[_Strict]] = {
-    "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet,
-    "booking.put": BookingPut, "booking.delete": BookingDelete, "access.put": AccessPut,
-}
-
-
-# -- the journal (replay memory and crash recovery) ----------------------------------------------------
-JournalState = Literal["received", "applied", "answered"]
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    jti: str
-    state: JournalState
-    exp: float
-    command: Mapping[str, Any]           # the verified claims
-    result: Mapping[str, Any] | None
-
-
-class CommandJournal:
-    """SQLite table of command ids with their state; also the replay memory (jti until expiry)."""
-
-    def __init__(self, path: str | os.PathLike[str], clock: Clock | None = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: commands are few, and a replay window after a power cut is what this table prevents.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript("""
-            CREATE TABLE IF NOT EXISTS command_journal (
-                jti     TEXT PRIMARY KEY,
-                exp     REAL NOT NULL,
-                state   TEXT NOT NULL CHECK (state IN ('received', 'applied', 'answered')),
-                command TEXT NOT NULL,
-                result  TEXT,
-                updated REAL NOT NULL
-            );
-            CREATE TABLE IF NOT EXISTS journal_meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
-        """)
-        row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'horizon'").fetchone()
-        self._horizon = float(row[0]) if row else float("-inf")
-        self._pruned_at = float("-inf")
-
-    @property
-    def horizon(self) -> float:
-        """The latest `exp` of a forgotten jti: tokens expiring at or before it are refused."""
-        return self._horizon
-
-    def begin(self, jti: str, exp: float, command: Mapping[str, Any]) -> bool:
-        """Journal a command as received; False when the jti is already known (a replay)."""
-        with self._lock:
-            cur = self._db.execute("INSERT OR IGNORE INTO command_journal VALUES (?, ?, 'received', ?, NULL, ?)",
-                                   (jti, exp, json.dumps(dict(command), separators=(",", ":")), self.clock.time()))
-            return cur.rowcount == 1
-
-    def seen(self, jti: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM command_journal WHERE jti = ?", (jti,)).fetchone() is not None
-
-    def applied(self, jti: str, result: Mapping[str, Any]) -> None:
-        """The command was carried out (or failed): its result is now durable."""
-        self._move(jti, "applied", ("received",), json.dumps(dict(result), separators=(",", ":")))
-
-    def answered(self, jti: str) -> None:
-        """The result is known to have reached the broker (or the command needs no answer any more)."""
-        self._move(jti, "answered", ("received", "applied"), None)
-
-    def delivered(self, jti: str) -> bool:
-        """The broker acknowledged a result published under `jti`: an `applied` command becomes answered.
-
-        Anything else (an unknown id, a rejection's, a command already answered) is left alone: False.
-        """
-        with self._lock:
-            cur = self._db.execute("UPDATE command_journal SET state = 'answered', updated = ?"
-                                   " WHERE jti = ? AND state = 'applied'", (self.clock.time(), jti))
-            return cur.rowcount == 1
-
-    def _move(self, jti: str, state: JournalState, from_states: Sequence[str], result: str | None) -> None:
-        marks = ",".join("?" * len(from_states))
-        with self._lock:
-            cur = self._db.execute(
-                f"UPDATE command_journal SET state = ?, result = coalesce(?, result), updated = ?"
-                f" WHERE jti = ? AND state IN ({marks})", (state, result, self.clock.time(), jti, *from_states))
-            if cur.rowcount != 1:
-                row = self._db.execute("SELECT state FROM command_journal WHERE jti = ?", (jti,)).fetchone()
-                raise ValueError(f"command {jti!r} cannot become {state!r}: it is {row[0] if row else 'unknown'}")
-
-    def pending(self) -> list[JournalEntry]:
-        """Commands a crash left unanswered, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT jti, state, exp, command, result FROM command_journal"
-                                    " WHERE state != 'answered' ORDER BY updated, rowid").fetchall()
-        return [JournalEntry(j, s, e, json.loads(c), json.loads(r) if r else None) for j, s, e, c, r in rows]
-
-    def prune(self, now: float, skew_s: float = SKEW_S) -> int:
-        """Forget answered jtis whose token can no longer be valid; remember the horizon instead."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT max(exp), count(*) FROM command_journal"
-                                       " WHERE state = 'answered' AND exp + ? < ?", (skew_s, now)).fetchone()
-                if row[1]:
-                    self._horizon = max(self._horizon, float(row[0]))
-                    self._db.execute("INSERT OR REPLACE INTO journal_meta VALUES ('horizon', ?)", (self._horizon,))
-                    self._db.execute("DELETE FROM command_journal WHERE state = 'answered' AND exp <= ?",
-                                     (self._horizon,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._pruned_at = now
-            return int(row[1])
-
-    def maybe_prune(self, now: float, skew_s: float) -> None:
-        if now - self._pruned_at >= PRUNE_EVERY_S or now < self._pruned_at:
-            self.prune(now, skew_s)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-RecoveryStep = Literal["republish", "reapply", "fail"]
-
-
-def recovery_step(entry: JournalEntry, now: float, skew_s: float = SKEW_S) -> RecoveryStep:
-    """What to do at start-up with a command a crash left unanswered (see the module docstring)."""
-    if entry.state == "applied":
-        return "republish"
-    if entry.command.get("action") in IDEMPOTENT_ACTIONS and now <= entry.exp + skew_s:
-        return "reapply"
-    return "fail"
 
 
 # -- the verifier ------------------------------------------------------------------------------------

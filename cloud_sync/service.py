@@ -35,17 +35,9 @@ from typing import Any, cast
 
 import aiomqtt
 
-from cloud_sync.commands import (
-    CommandJournal,
-    CommandVerifier,
-    JournalEntry,
-    Rejection,
-    VerifiedCommand,
-    recovery_step,
-    resolver_from_config,
-    result_payload,
-)
+from cloud_sync.commands import CommandVerifier, Rejection, VerifiedCommand, resolver_from_config, result_payload
 from cloud_sync.dispatch import Dispatcher, EmsGate, Gateway
+from cloud_sync.journal import CommandJournal, JournalEntry, recovery_step
 from cloud_sync.keys import load_public_keys
 from cloud_sync.link import Category, LinkSettings, MqttLink, dumps
 from cloud_sync.outbox import Cls, Outbox, OutboxMessage

@@ -406,7 +406,8 @@ async def test_payloads_of_a_running_daemon_match_the_asyncapi_document(
 
 async def test_restart_recovers_unanswered_commands_without_applying_twice(
         tmp_path: Path, broker: Broker, keys: tuple[Path, Path]) -> None:
-    from cloud_sync.commands import CommandJournal, result_payload
+    from cloud_sync.commands import result_payload
+    from cloud_sync.journal import CommandJournal
 
     cfg = Config.model_validate(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
                                              pub_key=keys[1]))
@@ -493,7 +494,7 @@ async def test_a_result_lost_from_the_outbox_is_delivered_from_the_journal(
 @pytest.mark.timeout(60)
 async def test_a_newer_command_is_not_overridden_by_an_older_one_recovered_at_start(
         tmp_path: Path, broker: Broker, keys: tuple[Path, Path]) -> None:
-    from cloud_sync.commands import CommandJournal
+    from cloud_sync.journal import CommandJournal
 
     cfg = Config.model_validate(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
                                              pub_key=keys[1]))

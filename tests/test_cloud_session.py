@@ -23,7 +23,7 @@ from conftest import free_port, until
 from mqtt_broker import Broker, small_school
 from test_cloud_e2e import Watcher, claims
 
-from cloud_sync.commands import SKEW_S
+from cloud_sync.journal import SKEW_S
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
 from edge.core.config import Config

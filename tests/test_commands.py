@@ -22,18 +22,15 @@ from hypothesis import strategies as st
 
 from cloud_sync.commands import (
     MAX_PAYLOAD_BYTES,
-    SKEW_S,
-    CommandJournal,
     CommandPolicy,
     CommandVerifier,
-    JournalEntry,
     Rejection,
     Target,
     VerifiedCommand,
-    recovery_step,
     resolver_from_config,
     result_payload,
 )
+from cloud_sync.journal import SKEW_S, CommandJournal, JournalEntry, recovery_step
 from cloud_sync.keys import (
     KeyFileError,
     generate_keypair,
