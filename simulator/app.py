@@ -7,13 +7,14 @@ In a test::
         school.ac("ac-301a").power_on, school.counters.total(bus="ac-bus")
 
 From the CLI: `main(cfg, speed, wire_emulation)` prints READY once every server listens and runs
-until SIGINT/SIGTERM.
+until SIGINT, SIGTERM or SIGHUP, then stops its servers and socat ptys (each step bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections import defaultdict
@@ -49,6 +50,9 @@ from simulator.server import (
 )
 
 TICK_S = 0.1  # real seconds between physics updates; also the resolution of flash timers
+SERVER_STOP_S = 3.0  # one Modbus server closing its connections
+STOP_TIMEOUT_S = 10.0  # the whole stop: every server and pty pair (each pair bounded by ptys.STOP_TIMEOUT_S)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def site_spec(cfg: Config) -> SiteSpec:
@@ -139,7 +143,7 @@ class VirtualSchool:
                     port = sim_end(bus.device)
                 server = LineServer(self.lines[bus.id], port)
                 await server.start()
-                stack.push_async_callback(server.stop)
+                stack.push_async_callback(_stop_server, server, bus.id)
                 self._servers.append(server)
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="virtual school physics")
         except BaseException:
@@ -215,6 +219,13 @@ class VirtualSchool:
         return self.lines[bus_id].wire
 
 
+async def _stop_server(server: LineServer, bus_id: str) -> None:
+    try:
+        await asyncio.wait_for(server.stop(), SERVER_STOP_S)
+    except TimeoutError:
+        print(f"simulate: the server of bus {bus_id} did not close within {SERVER_STOP_S:g} s", file=sys.stderr)
+
+
 async def serve(cfg: Config, *, speed: float | None = None, wire_emulation: bool | None = None,
                 ready: Callable[[], None] | None = None) -> None:
     """Serve the virtual school until cancelled; `ready` is called once every server listens."""
@@ -228,13 +239,19 @@ async def serve(cfg: Config, *, speed: float | None = None, wire_emulation: bool
         await asyncio.get_running_loop().create_future()
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """SIGINT and SIGHUP stay ignored where the caller ignores them (a shell's background job, nohup)."""
+    return [sig for sig in STOP_SIGNALS if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN]
+
+
 def main(cfg: Config, speed: float | None, wire_emulation: bool | None) -> int:
-    """Blocking entry point for `campus-edge simulate`: READY on stdout, clean stop on SIGINT/SIGTERM."""
+    """Blocking entry point for `campus-edge simulate`: READY on stdout, clean stop on SIGINT/SIGTERM/SIGHUP."""
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handled = _stop_signals()
+        for sig in handled:
             loop.add_signal_handler(sig, stop.set)
         serving = asyncio.create_task(serve(cfg, speed=speed, wire_emulation=wire_emulation,
                                             ready=lambda: print("READY", flush=True)), name="simulate")
@@ -244,9 +261,13 @@ def main(cfg: Config, speed: float | None, wire_emulation: bool | None) -> int:
         finally:
             for task in (serving, stopping):
                 task.cancel()
-            await asyncio.gather(serving, stopping, return_exceptions=True)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            _done, pending = await asyncio.wait({serving, stopping}, timeout=STOP_TIMEOUT_S)
+            for sig in handled:
                 loop.remove_signal_handler(sig)
+        if pending:
+            # a task that ignores cancellation cannot be awaited: leave now (socat ends with us, pdeathsig)
+            print(f"campus-edge simulate: did not stop within {STOP_TIMEOUT_S:g} s", file=sys.stderr, flush=True)
+            os._exit(1)
         failure = None if serving.cancelled() else serving.exception()
         if failure is not None:
             raise failure

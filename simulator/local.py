@@ -23,6 +23,7 @@ from types import TracebackType
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0  # each of: the given signal, then SIGKILL
 
 
 def free_port() -> int:
@@ -68,29 +69,38 @@ class Broker:
         with self.log.open("ab") as logf:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=logf, stderr=logf,
                                          start_new_session=True)
+        try:
+            self._wait_listening(self.proc)
+        except BaseException:  # a failed start, or Ctrl-C meanwhile: no broker left behind
+            self.stop()
+            raise
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited {proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.02)
-        self.stop()
         raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port}")
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the broker (SIGKILL by default: no goodbye to anyone) and reap it."""
+        """Kill the broker (SIGKILL by default: no goodbye to anyone) and reap it.
+
+        Raises subprocess.TimeoutExpired only if it outlives SIGKILL (stuck in the kernel).
+        """
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(5)
+                self.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(5)
+                self.proc.wait(STOP_TIMEOUT_S)
         self.proc = None
 
     def __enter__(self) -> Broker:

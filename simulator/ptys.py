@@ -11,6 +11,7 @@ from pathlib import Path
 SIM_SUFFIX = ".sim"
 APPEAR_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 3.0
+KILL_TIMEOUT_S = 2.0
 
 
 class PtyError(RuntimeError):
@@ -87,9 +88,11 @@ class PtyPair:
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(TimeoutError):  # only a process stuck in the kernel outlives SIGKILL
+                    await asyncio.wait_for(proc.wait(), KILL_TIMEOUT_S)
         if proc.stderr is not None:
             with contextlib.suppress(Exception):
-                await proc.stderr.read()
+                await asyncio.wait_for(proc.stderr.read(), KILL_TIMEOUT_S)
         _remove_links(self.device, self.sim_device)
