@@ -1,7 +1,8 @@
 """`campus-edge demo`: the virtual school, the daemon and a live status view; Ctrl-C stops it all.
 
 Each part is its own process (as in production), started in its own session and stopped by its
-handle, so nothing outlives the demo.
+handle, so nothing outlives the demo. SIGTERM and SIGHUP (a closed terminal, `kill`) stop it the
+way Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType, TracebackType
 
 import yaml
 
@@ -28,7 +30,12 @@ from edge.view import render_status
 from simulator.local import Broker
 
 READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0  # a child's orderly stop after SIGTERM (the daemon drains and flushes)
+KILL_TIMEOUT_S = 5.0  # reaping after SIGKILL; only a process stuck in the kernel takes longer
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TEACHER = ("T123", "101", "ac-101a")  # the teacher, her classroom and its AC in the example school
+
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None  # what signal.getsignal returns
 
 
 def example_config() -> Path:
@@ -41,14 +48,18 @@ def example_config() -> Path:
 
 
 class Child:
-    """A child process in its own session; stopped by handle (SIGTERM, then SIGKILL)."""
+    """A child process in its own session; stopped by handle (SIGTERM, then SIGKILL to its session)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.log = log
         self._fh = log.open("w", encoding="utf-8")
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self._fh, text=True,
-                                     start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=self._fh, text=True,
+                                         start_new_session=True)
+        except BaseException:
+            self._fh.close()
+            raise
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
         assert self.proc.stdout is not None
@@ -67,17 +78,88 @@ class Child:
         except OSError:
             return ""
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._fh.close()
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """SIGTERM the child, which stops what it started (the simulator its socat ptys); past `timeout`
+        SIGKILL its whole session. True if it stopped in time on its own."""
+        clean = True
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    clean = False
+                    with contextlib.suppress(ProcessLookupError):  # unreaped: its group id is still ours
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _say(f"demo: {self.name} (pid {self.proc.pid}) survived SIGKILL", err=True)
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self._fh.close()
+        return clean
+
+
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP all stop the demo as Ctrl-C does: KeyboardInterrupt, once.
+
+    Inside `hold()` (a child being started and put on the list) the interrupt waits for the end of
+    the block, so no child escapes the stop path; once stopping, further signals are ignored so the
+    stop path runs to its end. SIGINT and SIGHUP stay ignored where the caller ignores them (a
+    shell's background job, nohup).
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._held = 0
+        self._pending = False
+        self._saved: dict[signal.Signals, _Handler] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for sig in STOP_SIGNALS:
+            previous = signal.getsignal(sig)
+            if previous is signal.SIG_IGN and sig != signal.SIGTERM:
+                continue
+            self._saved[sig] = previous
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, previous in self._saved.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        if self._held:
+            self._pending = True
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        if self._pending and not self._held and not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    """Print, even to a terminal that has hung up (SIGHUP): the stop path must not fail on it."""
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except OSError:  # from now on to /dev/null, or the interpreter's last flush fails too (exit 120)
+        with contextlib.suppress(OSError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, (sys.stderr if err else sys.stdout).fileno())
+            os.close(null)
 
 
 def _site_with_cloud(cfg_path: Path, workdir: Path, broker_port: int) -> tuple[Path, Path]:
@@ -110,6 +192,11 @@ def _teacher_switches_ac_on(site: Path, key: Path, env: dict[str, str]) -> str:
 
 
 def run_demo(config: str | None, speed: float | None = None, duration_s: float | None = None) -> int:
+    with _StopSignals() as signals:
+        return _run(signals, config, speed, duration_s)
+
+
+def _run(signals: _StopSignals, config: str | None, speed: float | None, duration_s: float | None) -> int:
     cfg_path = Path(config) if config else example_config()
     workdir = Path(tempfile.mkdtemp(prefix="campus-edge-demo-"))
     env = {**os.environ, "CAMPUS_EDGE_RUN_DIR": str(workdir / "run"), "CAMPUS_EDGE_STATE_DIR": str(workdir / "state")}
@@ -118,36 +205,48 @@ def run_demo(config: str | None, speed: float | None = None, duration_s: float |
     exe = [sys.executable, "-m", "edge.cli"]
     children: list[Child] = []
     broker: Broker | None = None
+    code = 0
     try:
-        broker = Broker.start(workdir / "broker")
+        with signals.hold():
+            broker = Broker.start(workdir / "broker")
         broker_port = broker.port
         site, key = _site_with_cloud(cfg_path, workdir, broker_port)
         cfg = load_config(site)
         sim_args = ["simulate", "--config", str(site)] + (["--speed", str(speed)] if speed else [])
-        sim = Child("simulator", [*exe, *sim_args], env, workdir / "simulator.log")
-        children.append(sim)
+        with signals.hold():
+            sim = Child("simulator", [*exe, *sim_args], env, workdir / "simulator.log")
+            children.append(sim)
         sim.wait_ready()
-        daemon = Child("daemon", [*exe, "run", "--config", str(site), "--status-port", "0"], env,
-                       workdir / "daemon.log")
-        children.append(daemon)
+        with signals.hold():
+            daemon = Child("daemon", [*exe, "run", "--config", str(site), "--status-port", "0"], env,
+                           workdir / "daemon.log")
+            children.append(daemon)
         port = int(daemon.wait_ready().rsplit(":", 1)[1])
-        print(f"demo running: logs in {workdir}; broker 127.0.0.1:{broker_port}; status API 127.0.0.1:{port}",
-              flush=True)
+        _say(f"demo running: logs in {workdir}; broker 127.0.0.1:{broker_port}; status API 127.0.0.1:{port}")
         _view(cfg, port, duration_s, lambda: _teacher_switches_ac_on(site, key, env))
     except KeyboardInterrupt:
         pass
     except (RuntimeError, OSError) as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
+        _say(f"demo failed: {exc}", err=True)
+        code = 1
     finally:
-        for c in reversed(children):
-            c.stop()
+        signals.stopping = True
+        _say("\nstopping the demo...")
+        for c in reversed(children):  # the daemon first, while the broker still takes its goodbye
+            if not c.stop():
+                _say(f"demo: {c.name} did not stop within {STOP_TIMEOUT_S:g} s and was killed; see {c.log}",
+                     err=True)
+                code = 1
         if broker is not None:
-            broker.stop(signal.SIGTERM)
-        print("\ndemo stopped", flush=True)
+            try:
+                broker.stop(signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                _say("demo: mosquitto survived SIGKILL", err=True)
+                code = 1
+        _say("demo stopped")
         if not os.environ.get("CAMPUS_EDGE_KEEP_DEMO"):
             shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return code
 
 
 def _view(cfg: Config, port: int, duration_s: float | None, app_action: Callable[[], str]) -> None:
