@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from victoria import Victoria
 
+from cloud_sync.lineproto import encode_body, make_point
 from cloud_sync.outbox import Outbox
-from cloud_sync.telemetry import TelemetryWriter, encode_body, make_point, post_write, write_url
+from cloud_sync.telemetry import TelemetryWriter, post_write, write_url
 from edge.core.clock import SystemClock, iso
 from edge.core.config import Config
 from edge.core.events import EventBus, Message

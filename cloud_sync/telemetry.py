@@ -4,14 +4,14 @@ Why not influxdb-client: importing it costs ~30 MB RSS (reactivex, urllib3, date
 daemon target of 60 MB; this writer is line protocol, gzip and one POST, with `http.client` in a
 worker thread (bench/telemetry_bench.py measures both imports).
 
-Flow: "state" messages from the event bus become `Point`s; a per-device sampler keeps at most one
-point per `sample_s` window (the window's last value, so a change that is not followed by another
-still lands) and writes at once when `on` or `online` flips; every `flush_s`
-(`cloud.influx.flush_s`, 10 s by default) the sender POSTs what is due. Nothing is written to the SD
-card while the server answers: only when a POST fails retryably do the points go to the durable
-buffer, a `cloud_sync.outbox.Outbox` of its own (`telemetry.db`, class "telemetry": SQLite WAL,
-bounded, oldest-first thinning and dropping with counters, rows deleted only after a 2xx). The
-buffer is drained first on the next success and on start after a restart.
+Flow: "state" messages from the event bus become `Point`s (`cloud_sync.lineproto`); a per-device
+sampler (`cloud_sync.sampler`) keeps at most one point per `sample_s` window and writes at once
+when `on` or `online` flips; every `flush_s` (`cloud.influx.flush_s`, 10 s by default) the sender
+POSTs what is due. Nothing is written to the SD card while the server answers: only when a POST
+fails retryably do the points go to the durable buffer, a `cloud_sync.outbox.Outbox` of its own
+(`telemetry.db`, class "telemetry": SQLite WAL, bounded, oldest-first thinning and dropping with
+counters, rows deleted only after a 2xx). The buffer is drained first on the next success and on
+start after a restart.
 
 Answers: 2xx delivered; 429, 5xx and network errors retried with jittered exponential backoff
 (Retry-After respected); 401/403/404 (token or bucket wrong: the data is fine) retried slowly so an
@@ -24,34 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import gzip
 import http.client
 import logging
-import math
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
+from cloud_sync.lineproto import Point, encode_body, make_point
 from cloud_sync.outbox import Outbox
+from cloud_sync.sampler import DEFAULT_SAMPLE_S, HEARTBEAT_S, Sampler, devices_of, state_fields, state_ts_ms
 from edge.core.clock import Clock
-from edge.core.config import Config, InfluxConfig, ModbusDevice, RelayChannel
+from edge.core.config import Config, InfluxConfig
 from edge.core.events import EventBus, Message, Subscription
 
 log = logging.getLogger(__name__)
 
-# Sampling. Meters feed demand analysis (15-min blocks): 10 s keeps the shape of a compressor start
-# at 8,640 points a day. Classroom AC: room temperature moves over minutes and a change of on/off
-# is written at once anyway, so 60 s (80 units: ~115k points a day, not ~3.5M at the 2 s poll).
-# Relay channels only change on command: every change is written (on/off is always forced).
-DEFAULT_SAMPLE_S: Mapping[str, float] = {"meter": 10.0, "ac": 60.0, "relay": 60.0}
-# An unchanged device publishes no state; without a repeat its series would look stale (VictoriaMetrics
-# and Grafana stop drawing a series after ~5 min without samples).
-HEARTBEAT_S = 240.0
 BATCH_LINES = 5000              # lines per POST (~150 kB raw, ~15 kB gzip)
 MEMORY_MAX_LINES = 20_000       # more than this waiting in memory goes to the buffer at once
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -64,166 +55,6 @@ RETRY_AFTER_MAX_S = 600.0
 STOP_FLUSH_S = 2.0              # on shutdown, one last delivery attempt at most this long
 
 Outcome = Literal["ok", "retry", "auth", "too_large", "drop"]
-
-
-# -- line protocol ------------------------------------------------------------------------------
-_MEASUREMENT_ESC = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\", "\n": " ", "\r": " "})
-_KEY_ESC = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\", "\n": " ", "\r": " "})
-
-
-def escape_measurement(s: str) -> str:
-    """Commas, spaces and backslashes escaped; newlines (not representable) become spaces."""
-    return s.translate(_MEASUREMENT_ESC)
-
-
-def escape_key(s: str) -> str:
-    """A tag key, tag value or field key: commas, spaces, equals signs and backslashes escaped."""
-    return s.translate(_KEY_ESC)
-
-
-def format_float(v: float) -> str:
-    """Always a float in line protocol (no `i` suffix): a field never changes type (Influx 400s on that)."""
-    return repr(float(v))
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    measurement: str
-    tags: tuple[tuple[str, str], ...]      # sorted by key (what Influx recommends)
-    fields: tuple[tuple[str, float], ...]
-    ts_ms: int
-
-    def line(self) -> str:
-        """One line of line protocol (ms precision), without the newline."""
-        tags = "".join(f",{escape_key(k)}={escape_key(v)}" for k, v in self.tags if k and v)
-        fields = ",".join(f"{escape_key(k)}={format_float(v)}" for k, v in self.fields)
-        return f"{escape_measurement(self.measurement)}{tags} {fields} {self.ts_ms}"
-
-
-def make_point(measurement: str, tags: Mapping[str, str | None], fields: Mapping[str, Any], ts_ms: int) -> Point | None:
-    """A point with the numeric fields only (bools 0/1; None, NaN, inf and text skipped); None if none is left."""
-    out: list[tuple[str, float]] = []
-    for k, v in fields.items():
-        if isinstance(v, bool):
-            out.append((k, 1.0 if v else 0.0))
-        elif isinstance(v, int | float) and math.isfinite(v):
-            out.append((k, float(v)))
-    if not out:
-        return None
-    return Point(measurement, tuple(sorted((k, v) for k, v in tags.items() if v)), tuple(out), ts_ms)
-
-
-def encode_body(lines: Iterable[str]) -> bytes:
-    """The gzip request body."""
-    return gzip.compress("\n".join(lines).encode() + b"\n", compresslevel=6)
-
-
-# -- STATE -> points ----------------------------------------------------------------------------
-def state_ts_ms(payload: Mapping[str, Any], fallback_s: float) -> int:
-    """The STATE's own `ts` (ISO 8601 with offset) in ms; the message time if it has none."""
-    ts = payload.get("ts")
-    if isinstance(ts, str):
-        with contextlib.suppress(ValueError):
-            return round(datetime.fromisoformat(ts).timestamp() * 1000)
-    return round(fallback_s * 1000)
-
-
-def _phases(fields: dict[str, Any], values: Any, name: str, unit: str) -> None:
-    if isinstance(values, list):
-        for n, v in enumerate(values[:3], start=1):
-            fields[f"{name}_l{n}_{unit}"] = v
-
-
-def state_fields(kind: str, st: Mapping[str, Any]) -> dict[str, Any]:
-    """Numeric fields of one device's STATE; an offline device reports only `online=0`."""
-    if not st.get("online", True):
-        return {"online": False}
-    f: dict[str, Any] = {"online": st.get("online")}
-    if kind == "meter":
-        demand_w = st.get("demand_w")
-        f |= {k: st.get(k) for k in ("power_w", "energy_kwh", "pf", "freq_hz")}
-        if isinstance(demand_w, int | float) and not isinstance(demand_w, bool):
-            f["demand_kw"] = demand_w / 1000
-        _phases(f, st.get("voltage_v"), "voltage", "v")
-        _phases(f, st.get("current_a"), "current", "a")
-        _phases(f, st.get("power_phase_w"), "power", "w")
-    elif kind == "ac":
-        f |= {"on": st.get("power_on"), "power_w": st.get("power_w"), "room_temp_c": st.get("room_temp_c"),
-              "setpoint_c": st.get("setpoint_c")}
-        if "fault" in st:
-            f["fault"] = st["fault"] is not None
-    else:  # relay channels: light, fan, door
-        f["on"] = st.get("on")
-    return f
-
-
-@dataclass(frozen=True, slots=True)
-class _Device:
-    measurement: str
-    kind: str
-    tags: dict[str, str | None]
-
-
-def devices_of(cfg: Config) -> dict[str, _Device]:
-    """Which devices become telemetry, with their measurement and tags."""
-    site = {"school": cfg.site.school_id, "gateway": cfg.site.gateway_id}
-    names = {r.id: r.name for r in cfg.rooms}
-    out: dict[str, _Device] = {}
-    for d in cfg.devices:
-        room = getattr(d, "room", None)
-        where = {"room": room, "room_name": names.get(room or "")}
-        if isinstance(d, ModbusDevice) and d.kind == "meter":
-            out[d.id] = _Device("meter", "meter", {**site, "device": d.id})
-        elif isinstance(d, ModbusDevice) and d.kind == "ac":
-            out[d.id] = _Device("ac", "ac", {**site, "device": d.id, **where})
-        elif isinstance(d, RelayChannel):
-            out[d.id] = _Device("relay", "relay", {**site, "device": d.id, "kind": d.kind, **where})
-    return out  # relay boards publish a list of channels; their channel devices carry the telemetry
-
-
-# -- sampling -----------------------------------------------------------------------------------
-@dataclass(slots=True)
-class _Sampler:
-    """One device: at most one point per aligned window (its last value); on/online flips go out at once."""
-
-    window_ms: int
-    pending: Point | None = None       # the newest point of the current window, not yet handed out
-    last: Point | None = None          # the last point handed out
-    flags: tuple[float | None, float | None] | None = None
-    replaced: int = 0                  # points superseded by a newer one in their window
-
-    def offer(self, p: Point) -> list[Point]:
-        fields = dict(p.fields)
-        flags = (fields.get("on"), fields.get("online"))
-        flipped = self.flags is not None and flags != self.flags
-        self.flags = flags
-        if flipped or self.last is None:   # a flip, or a device's first point: now
-            return self._out([*self._take(), p])
-        if self.pending is not None and self.pending.ts_ms // self.window_ms != p.ts_ms // self.window_ms:
-            out = self._out(self._take())
-            self.pending = p
-            return out
-        if self.pending is not None:
-            self.replaced += 1
-        self.pending = p
-        return []
-
-    def due(self, now_ms: int, heartbeat_ms: int) -> list[Point]:
-        """The pending point once its window is over; a repeat of the last one after `heartbeat_ms` of silence."""
-        if self.pending is not None and now_ms // self.window_ms != self.pending.ts_ms // self.window_ms:
-            return self._out(self._take())
-        if self.pending is None and self.last is not None and now_ms - self.last.ts_ms >= heartbeat_ms:
-            return self._out([Point(self.last.measurement, self.last.tags, self.last.fields, now_ms)])
-        return []
-
-    def _take(self) -> list[Point]:
-        p, self.pending = self.pending, None
-        return [] if p is None else [p]
-
-    def _out(self, points: list[Point]) -> list[Point]:
-        if points:
-            self.last = points[-1]
-        return points
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
@@ -328,7 +159,7 @@ class TelemetryWriter:
         self.timeout_s = timeout_s
         windows = {**DEFAULT_SAMPLE_S, **(sample_s or {})}
         self._devices = devices_of(cfg)
-        self._samplers = {dev_id: _Sampler(max(1, round(windows[d.kind] * 1000)))
+        self._samplers = {dev_id: Sampler(max(1, round(windows[d.kind] * 1000)))
                           for dev_id, d in self._devices.items()}
         self._site = {"school": cfg.site.school_id, "gateway": cfg.site.gateway_id}
         self.buffer = Outbox(Path(storage_dir) / "telemetry.db", max_bytes=max_bytes, clock=clock)
@@ -385,10 +216,6 @@ class TelemetryWriter:
             self.stats_.points += 1
             self._emit("ems", [p])
 
-    def write_point(self, key: str, p: Point) -> None:
-        """Any other point, unsampled (`key` groups it for thinning when the buffer is full)."""
-        self._emit(key, [p])
-
     async def _ingest(self, sub: Subscription) -> None:
         async for msg in sub:
             self._on_message(msg)
@@ -417,7 +244,7 @@ class TelemetryWriter:
         now_ms = round(self.clock.time() * 1000)
         for key, s in self._samplers.items():
             if force and s.pending is not None:
-                self._emit(key, s._take())
+                self._emit(key, s.take())
             else:
                 self._emit(key, s.due(now_ms, self.heartbeat_ms))
 

@@ -16,18 +16,10 @@ import pytest
 from conftest import free_port, until
 from victoria import Victoria, binary
 
+from cloud_sync.lineproto import Point, encode_body, make_point
 from cloud_sync.outbox import Outbox
-from cloud_sync.telemetry import (
-    Point,
-    TelemetryWriter,
-    _Sampler,
-    classify,
-    encode_body,
-    make_point,
-    parse_retry_after,
-    post_write,
-    state_fields,
-)
+from cloud_sync.sampler import Sampler, state_fields
+from cloud_sync.telemetry import TelemetryWriter, classify, parse_retry_after, post_write
 from edge.core.clock import SystemClock, iso
 from edge.core.config import Config
 from edge.core.events import EventBus, Message
@@ -125,7 +117,7 @@ def test_classification_of_answers() -> None:
 
 
 def test_sampler_keeps_last_value_per_window_and_writes_flips_at_once() -> None:
-    s = _Sampler(window_ms=10_000)
+    s = Sampler(window_ms=10_000)
 
     def pt(ts: int, on: float, t: float) -> Point:
         p = make_point("ac", {}, {"on": on, "online": 1, "room_temp_c": t}, ts)
