@@ -7,8 +7,8 @@ first, and nothing an attacker sends without a valid signature touches the repla
 1. size (> 16 KiB), UTF-8, compact JWS shape, header and claims JSON   -> bad_request, id null
 2. header `alg` is exactly EdDSA (no `none`, no HS256 over the public key), no `crit`,
    Ed25519 signature by a trusted key (`kid` picks one when it names one)  -> bad_signature, id null
-3. claim types (all required; `rooms` for teachers), known action      -> bad_request
-4. `aud` is `{school_id}/{gateway_id}`                                  -> wrong_audience
+3. claim types (all required; `rooms` for teachers; `aud` one string), known action -> bad_request
+4. `aud` is exactly `{school_id}/{gateway_id}`                          -> wrong_audience
 5. time: not expired, not issued in the future, lifetime bounded       -> expired / bad_request
 6. target known and of a kind the action applies to                   -> unknown_target / bad_request
 7. role and rooms                                                       -> forbidden
@@ -160,7 +160,7 @@ class Claims(BaseModel):
     jti: str = IdStr
     iat: float
     exp: float
-    aud: str | list[str]
+    aud: str                # one gateway: a list would make one token valid at every gateway it names
     sub: str = IdStr
     role: Role
     action: Action
@@ -266,8 +266,7 @@ class CommandVerifier:
         if claims.role == "teacher" and claims.rooms is None:
             raise _Reject(jti, "bad_request", "rooms: required for teachers")
 
-        aud = [claims.aud] if isinstance(claims.aud, str) else claims.aud
-        if self.audience not in aud:
+        if claims.aud != self.audience:
             raise _Reject(jti, "wrong_audience", f"for {claims.aud!r}, this gateway is {self.audience!r}")
 
         self._check_time(claims, jti)

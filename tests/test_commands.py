@@ -179,7 +179,16 @@ def test_crit_header_refused(env: Env) -> None:
 def test_wrong_audience(env: Env) -> None:
     assert env.code(env.sign(aud="014601/gw-b")) == "wrong_audience"
     assert env.code(env.sign(aud="999999/gw-a")) == "wrong_audience"
-    assert env.code(env.sign(aud=["014601/gw-b", AUD])) == "ok"
+
+
+@pytest.mark.parametrize("aud", [[AUD], ["014601/gw-b", AUD], [AUD, AUD], []])
+def test_aud_is_one_string_not_a_list(env: Env, aud: list[str]) -> None:
+    # CONTRACT.md section 3: a list would make one token valid at every gateway it names
+    out = env.verify(env.sign(aud=aud))
+    assert isinstance(out, Rejection)
+    assert (out.id, out.code) == ("c-1", "bad_request")
+    assert "aud" in out.message
+    assert not env.verifier.journal.seen("c-1")
 
 
 def test_expired_and_skew(env: Env) -> None:
@@ -496,7 +505,7 @@ def test_random_claims_never_raise(prop: Env, body: dict[str, Any], extra_header
         assert out.code in {"bad_signature", "bad_request"}
     # random well-typed-looking claims signed by the trusted key: whatever verifies really is valid
     if isinstance(out, VerifiedCommand):
-        assert body.get("aud") == AUD or AUD in body.get("aud", [])
+        assert body.get("aud") == AUD
 
 
 @settings(max_examples=200, deadline=None)
