@@ -58,28 +58,125 @@ def _expand_env(text: str, missing: list[str]) -> str:
     return _ENV.sub(sub, text)
 
 
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], missing_env: list[tuple[Loc, str]]) -> Any:
-    """Python data from a composed YAML node, recording each path's line (1-based)."""
-    lines[loc] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, val_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else yaml.safe_load(yaml.serialize(key_node))
-            if key in out:
-                lines[(*loc, key)] = key_node.start_mark.line + 1
-                raise _DuplicateKey((*loc, key))
-            out[key] = _walk(val_node, (*loc, key), lines, missing_env)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk(v, (*loc, i), lines, missing_env) for i, v in enumerate(node.value)]
-    value = yaml.SafeLoader(yaml.serialize(node)).get_single_data()  # resolve the scalar's tag
-    if isinstance(value, str) and "$" in value:
-        missing: list[str] = []
-        value = _expand_env(value, missing)
-        missing_env.extend((loc, name) for name in missing)
-        if isinstance(node, yaml.ScalarNode) and node.style is None:
-            value = _env_scalar(value)
-    return value
+MAX_DEPTH = 64  # nesting levels, aliases included; a site config needs about five
+MAX_ALIAS_NODES = 100_000  # nodes that aliases expand to; a "billion laughs" file expands to 10**9
+_PLAIN_COLLECTIONS = {yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG}
+
+
+class _Unreadable(Exception):
+    """A YAML structure refused before it runs away, or a value no safe constructor reads."""
+
+    def __init__(self, line: int | None, loc: Loc, message: str) -> None:
+        self.line = line
+        self.loc = loc
+        self.message = message
+
+
+def _position(parent: yaml.Node, index: object) -> tuple[int, int]:
+    """A child's place in its collection: its index in a sequence, its key node in a mapping."""
+    return id(parent), index if isinstance(index, int) else id(index)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader's composer refusing recursive aliases and deep nesting, and noting where each alias is."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.path: list[str | int] = []
+        self.open_anchors: list[str] = []
+        self.alias_lines: dict[tuple[int, int], int] = {}  # _position of an alias -> its line
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        line = event.start_mark.line + 1
+        step: list[str | int] = []
+        if parent is not None:
+            step = [index if isinstance(index, int) else index.value if isinstance(index, yaml.ScalarNode) else "?"]
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self.open_anchors:
+                raise _Unreadable(line, (*self.path, *step),
+                                  f"recursive alias *{event.anchor}: it is inside the node it refers to")
+            if parent is not None and index is not None:
+                self.alias_lines[_position(parent, index)] = line
+            return super().compose_node(parent, index)
+        if len(self.path) >= MAX_DEPTH:
+            raise _Unreadable(line, (*self.path, *step)[:8], f"nesting deeper than {MAX_DEPTH} levels")
+        anchor = getattr(event, "anchor", None)
+        self.path += step
+        if anchor is not None:
+            self.open_anchors.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            del self.path[len(self.path) - len(step):]
+            if anchor is not None:
+                self.open_anchors.pop()
+
+
+class _Walker:
+    """Python data from a composed YAML node, recording each path's line (1-based).
+
+    An alias expands its anchor's node again: the nodes so expanded are counted and the nesting
+    they add is bounded, so a file of a few lines cannot make the loader run for ever.
+    """
+
+    def __init__(self, alias_lines: Mapping[tuple[int, int], int]) -> None:
+        self.lines: dict[Loc, int] = {}
+        self.missing_env: list[tuple[Loc, str]] = []
+        self._alias_lines = alias_lines
+        self._scalars = yaml.SafeLoader("")  # its constructor turns a scalar node into a value
+        self._expanded = 0
+        self._alias_line: int | None = None  # the outermost alias being expanded, if any
+
+    def walk(self, node: yaml.Node, loc: Loc) -> Any:
+        line = node.start_mark.line + 1
+        self.lines[loc] = line
+        if len(loc) > MAX_DEPTH:
+            raise _Unreadable(self._alias_line or line, loc[:8], f"nesting deeper than {MAX_DEPTH} levels")
+        if self._alias_line is not None:
+            self._expanded += 1
+            if self._expanded > MAX_ALIAS_NODES:
+                raise _Unreadable(self._alias_line, loc, f"YAML aliases expand to more than {MAX_ALIAS_NODES:,} nodes")
+        if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_COLLECTIONS:
+            raise _Unreadable(line, loc, f"cannot read this value: the tag {node.tag!r} is not supported here")
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, val_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise _Unreadable(key_node.start_mark.line + 1, loc,
+                                      "a key must be plain text or a number, not a list or a mapping")
+                key = key_node.value
+                if key in out:
+                    self.lines[(*loc, key)] = key_node.start_mark.line + 1
+                    raise _DuplicateKey((*loc, key))
+                out[key] = self._child(node, key_node, val_node, (*loc, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._child(node, i, v, (*loc, i)) for i, v in enumerate(node.value)]
+        try:
+            value = self._scalars.construct_object(node)  # by the tag the composer resolved
+        except yaml.YAMLError as exc:
+            raise _Unreadable(line, loc, f"cannot read this value: {getattr(exc, 'problem', None) or exc}") from None
+        if isinstance(value, str) and "$" in value:
+            missing: list[str] = []
+            value = _expand_env(value, missing)
+            self.missing_env.extend((loc, name) for name in missing)
+            if isinstance(node, yaml.ScalarNode) and node.style is None:
+                value = _env_scalar(value)
+        return value
+
+    def _child(self, parent: yaml.Node, index: object, node: yaml.Node, loc: Loc) -> Any:
+        alias_line = self._alias_lines.get(_position(parent, index))
+        if alias_line is None:
+            return self.walk(node, loc)
+        outer = self._alias_line
+        self._alias_line = outer or alias_line
+        try:
+            value = self.walk(node, loc)
+        finally:
+            self._alias_line = outer
+        self.lines[loc] = alias_line  # where it is used, not where its anchor is
+        return value
 
 
 def _env_scalar(text: str) -> Any:
@@ -111,30 +208,36 @@ def _fmt_loc(loc: Loc) -> str:
 
 
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigProblem]]:
-    """Parse `path`; return (data, line map, problems). Syntax errors become problems."""
+    """Parse `path`; return (data, line map, problems). Syntax errors and runaway structures become problems."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         return None, {}, [ConfigProblem(name, None, "", f"cannot read: {exc.strerror or exc}")]
+    loader = _BoundedLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = loader.get_single_node()
+    except _Unreadable as exc:
+        return None, {}, [ConfigProblem(name, exc.line, _fmt_loc(exc.loc), exc.message)]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         msg = str(getattr(exc, "problem", None) or exc)
         return None, {}, [ConfigProblem(name, line, "", f"YAML syntax error: {msg}")]
+    finally:
+        loader.dispose()
     if node is None:
         return None, {}, [ConfigProblem(name, None, "", "the file is empty")]
-    lines: dict[Loc, int] = {}
-    missing_env: list[tuple[Loc, str]] = []
+    walker = _Walker(loader.alias_lines)
     try:
-        data = _walk(node, (), lines, missing_env)
+        data = walker.walk(node, ())
     except _DuplicateKey as dup:
-        return None, lines, [ConfigProblem(name, lines.get(dup.loc), _fmt_loc(dup.loc), "duplicate key")]
-    problems = [ConfigProblem(name, lines.get(loc), _fmt_loc(loc), f"environment variable {var} is not set")
-                for loc, var in missing_env]
-    return data, lines, problems
+        return None, walker.lines, [ConfigProblem(name, walker.lines.get(dup.loc), _fmt_loc(dup.loc), "duplicate key")]
+    except _Unreadable as exc:
+        return None, walker.lines, [ConfigProblem(name, exc.line, _fmt_loc(exc.loc), exc.message)]
+    problems = [ConfigProblem(name, walker.lines.get(loc), _fmt_loc(loc), f"environment variable {var} is not set")
+                for loc, var in walker.missing_env]
+    return data, walker.lines, problems
 
 
 def _pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int]) -> list[ConfigProblem]:
