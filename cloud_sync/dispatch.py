@@ -1,18 +1,17 @@
 """Carrying out verified cloud commands: each `VerifiedCommand` becomes exactly one result payload.
 
-Actuating actions go through the daemon (and so through the arbiter): `ac.set` and `relay.set` as
-requests of the command's role (teacher -> TEACHER, facility/admin -> FACILITY), `door.unlock` as a
-timed flash of the door's relay channel. A room target of `ac.set` fans out to the room's ACs.
-`relay.set` drives lights and fans only; a door (or anything else) is refused here too, not only by
-the verifier, so a command journalled before that rule (and re-applied after a restart) cannot
-latch a door open.
+Actuating actions go through the core's one way in (`edge.core.control.Control`), like every other
+control source: `ac.set` and `relay.set` as requests of the command's role (teacher -> TEACHER,
+facility/admin -> FACILITY), `door.unlock` as a timed pulse of the door's relay channel. A room
+target of `ac.set` fans out to the room's ACs. The control entry validates with the same strict
+models and policies as for the local operator and schedules, asks the energy manager's admission
+hook, and answers truthfully (`overridden_by`, `deferred_until`). `relay.set` drives lights and
+fans only: a door is refused by the control entry too, so a command journalled before that rule
+(and re-applied after a restart) cannot latch a door open.
 
 Documents (`alarm.set`, `booking.put`, `booking.delete`, `access.put`) are stored durably in the
 daemon's key-value store and answered ok; the EMS, booking and access-control services read them
 with `load_document` (those services are separate issues: until they exist nothing acts on them).
-
-Before anything is done the EMS gate is asked (`ems_gate(command) -> bool`; permissive by default);
-a False answers `denied_by_ems`.
 """
 
 from __future__ import annotations
@@ -20,24 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from cloud_sync.commands import TARGET_KINDS, Status, VerifiedCommand, result_payload
-from edge.core.arbiter import ApplyError, Outcome, Source
+from edge.core.arbiter import Source
 from edge.core.clock import Clock, iso
 from edge.core.config import Config, RelayChannel
-from edge.core.events import EventBus, Message
+from edge.core.control import REJECTED_CODES, Ask, Control, Result
+from edge.core.events import EventBus
+from edge.core.model import Kind
 from edge.core.store import Store
 
 log = logging.getLogger(__name__)
 
-EmsGate = Callable[[VerifiedCommand], bool]
-
-# Codes that mean "refused before acting" (status rejected); every other failure is status failed.
-REJECTED_CODES = frozenset({"bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
-                            "out_of_range", "unknown_target", "denied_by_ems"})
 RELAY_SET_KINDS = TARGET_KINDS["relay.set"]
 ROLE_SOURCE = {"teacher": Source.TEACHER, "facility": Source.FACILITY, "admin": Source.FACILITY}
 
@@ -45,11 +40,6 @@ ROLE_SOURCE = {"teacher": Source.TEACHER, "facility": Source.FACILITY, "admin": 
 DOC_ALARM = "cloud/alarm"
 DOC_ACCESS = "cloud/access"
 DOC_BOOKINGS = "cloud/bookings/"   # + room id: {booking id: booking}
-
-
-def permissive(_command: VerifiedCommand) -> bool:
-    """The default EMS gate: everything passes (no EMS configured)."""
-    return True
 
 
 class Gateway(Protocol):
@@ -60,15 +50,11 @@ class Gateway(Protocol):
     bus: EventBus
     store: Store
     states: dict[str, dict[str, Any]]
-    kind_of: dict[str, str]
+    kinds: dict[str, Kind]
+    control: Control
 
     @property
     def tz(self) -> Any: ...
-
-    async def command(self, target: str, fields: Mapping[str, Any], source: Source,
-                      requester: str | None = None, hold_s: float | None = None) -> Outcome: ...
-
-    async def unlock(self, door_id: str, seconds: float) -> None: ...
 
 
 def load_document(store: Store, key: str) -> Any:
@@ -80,9 +66,8 @@ def load_document(store: Store, key: str) -> Any:
 class Dispatcher:
     """Turns a verified command into a result payload (CONTRACT.md section 3, extended with `state`)."""
 
-    def __init__(self, gw: Gateway, ems_gate: EmsGate | None = None) -> None:
+    def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.ems_gate: EmsGate = ems_gate or permissive
 
     def _now(self) -> str:
         return iso(self.gw.clock.time(), self.gw.tz)
@@ -95,13 +80,6 @@ class Dispatcher:
 
     async def execute(self, cmd: VerifiedCommand, wait_online_s: float = 0.0) -> dict[str, Any]:
         """Carry out `cmd`; never raises for a device problem (the result says it)."""
-        try:
-            allowed = self.ems_gate(cmd)
-        except Exception:
-            log.exception("EMS gate failed on %s; letting the command through", cmd.id)
-            allowed = True
-        if not allowed:
-            return self._result(cmd, "rejected", "denied_by_ems", "the energy manager refuses this now")
         handler = {
             "ac.set": self._ac_set, "relay.set": self._relay_set, "door.unlock": self._door_unlock,
             "alarm.set": self._alarm_set, "booking.put": self._booking_put, "booking.delete": self._booking_delete,
@@ -110,20 +88,19 @@ class Dispatcher:
         if handler is None:
             return self._result(cmd, "rejected", "bad_request", f"unknown action {cmd.action!r}")
         if wait_online_s > 0:
-            await self._wait_online(self._physical(cmd), wait_online_s)
+            await self._wait_online(self._devices(cmd), wait_online_s)
         return await handler(cmd)
 
     # -- actuators -------------------------------------------------------------------------------
     def _room_acs(self, room: str) -> list[str]:
-        return [d.id for d in self.gw.cfg.modbus_devices() if d.kind == "ac" and d.room == room]
+        return [d.id for d in self.gw.cfg.modbus_devices() if Kind(d.kind) == Kind.AC and d.room == room]
 
-    def _physical(self, cmd: VerifiedCommand) -> list[str]:
-        """The Modbus devices a command needs online."""
+    def _devices(self, cmd: VerifiedCommand) -> list[str]:
+        """The devices a command needs online."""
         if cmd.action == "ac.set":
-            return self._room_acs(cmd.target) if self.gw.kind_of.get(cmd.target) is None else [cmd.target]
+            return self._room_acs(cmd.target) if self.gw.kinds.get(cmd.target) is None else [cmd.target]
         if cmd.action in ("relay.set", "door.unlock"):
-            dev = self._device(cmd.target)
-            return [dev.relay] if isinstance(dev, RelayChannel) else []
+            return [cmd.target] if isinstance(self._device(cmd.target), RelayChannel) else []
         return []
 
     def _device(self, device_id: str) -> Any:
@@ -147,31 +124,30 @@ class Dispatcher:
         finally:
             self.gw.bus.unsubscribe(sub)
 
-    async def _one(self, cmd: VerifiedCommand, device: str, fields: Mapping[str, Any]) -> Outcome:
-        return await self.gw.command(device, fields, ROLE_SOURCE[cmd.role], requester=cmd.sub)
+    async def _one(self, cmd: VerifiedCommand, device: str, fields: Mapping[str, Any]) -> Result:
+        return await self.gw.control.ask(Ask(device, fields, ROLE_SOURCE[cmd.role], f"{cmd.role}:{cmd.sub}"))
 
-    def _state(self, device: str, out: Outcome) -> dict[str, Any]:
-        return {**self.gw.states.get(device, {}), **out.verified}
-
-    def _from_outcome(self, cmd: VerifiedCommand, device: str, out: Outcome) -> dict[str, Any]:
-        deferred = None if out.deferred_until is None else iso(out.deferred_until, self.gw.tz)
-        if out.ok:
-            msg = out.message if deferred is None else f"{out.message}; start deferred until {deferred} (compressor)"
-            return self._result(cmd, "ok", "ok", msg, state=self._state(device, out), deferred_until=deferred)
-        status: Status = "rejected" if out.code in REJECTED_CODES else "failed"
-        return self._result(cmd, status, out.code, out.message, state=self.gw.states.get(device))
+    def _from_result(self, cmd: VerifiedCommand, out: Result) -> dict[str, Any]:
+        return {**result_payload(cmd.id, out.status, out.code, out.message, self.gw.clock.time(), self.gw.tz),
+                **out.payload(self.gw.tz)}
 
     async def _ac_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        if self.gw.kind_of.get(cmd.target) == "ac":
-            return self._from_outcome(cmd, cmd.target, await self._one(cmd, cmd.target, cmd.params))
+        if self.gw.kinds.get(cmd.target) == Kind.AC:
+            return self._from_result(cmd, await self._one(cmd, cmd.target, cmd.params))
         units = self._room_acs(cmd.target)
         if not units:
             return self._result(cmd, "rejected", "unknown_target", f"room {cmd.target!r} has no AC")
         outs = await asyncio.gather(*(self._one(cmd, u, cmd.params) for u in units))
-        states = {u: self._state(u, o) for u, o in zip(units, outs, strict=True)}
+        results = {u: o.payload(self.gw.tz) for u, o in zip(units, outs, strict=True)}
+        states = {u: r.get("state") for u, r in results.items()}
         bad = [(u, o) for u, o in zip(units, outs, strict=True) if not o.ok]
+        notes = {u: {k: r[k] for k in ("overridden_by", "deferred_until") if k in r} for u, r in results.items()}
+        notes = {u: n for u, n in notes.items() if n}
         if not bad:
-            return self._result(cmd, "ok", "ok", f"applied to {len(units)} units of room {cmd.target}", states=states)
+            msg = f"applied to {len(units)} units of room {cmd.target}"
+            if notes:
+                msg += "; " + "; ".join(f"{u}: {o.message}" for u, o in zip(units, outs, strict=True) if u in notes)
+            return self._result(cmd, "ok", "ok", msg, states=states, units=notes or None)
         status: Status = "rejected" if len(bad) == len(units) and all(o.code in REJECTED_CODES for _, o in bad) \
             else "failed"
         msg = "; ".join(f"{u}: {o.code} {o.message}" for u, o in bad)
@@ -179,34 +155,17 @@ class Dispatcher:
         return self._result(cmd, status, bad[0][1].code, f"{done} of {len(units)} units done; {msg}", states=states)
 
     async def _relay_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        kind = self.gw.kind_of.get(cmd.target)
+        kind = self.gw.kinds.get(cmd.target)
         if kind not in RELAY_SET_KINDS:
             return self._result(cmd, "rejected", "bad_request",
                                 f"relay.set applies to {sorted(RELAY_SET_KINDS)}, {cmd.target!r} is a {kind}"
-                                + ("; doors open with door.unlock" if kind == "door" else ""))
-        out = await self._one(cmd, cmd.target, {"on": cmd.params["on"]})
-        return self._from_outcome(cmd, cmd.target, out)
+                                + ("; doors open with door.unlock" if kind == Kind.DOOR else ""))
+        return self._from_result(cmd, await self._one(cmd, cmd.target, {"on": cmd.params["on"]}))
 
     async def _door_unlock(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        dev = self._device(cmd.target)
-        if not isinstance(dev, RelayChannel):
-            return self._result(cmd, "rejected", "unknown_target", f"{cmd.target!r} is not a door")
-        if not self.gw.states.get(dev.relay, {}).get("online"):
-            return self._result(cmd, "failed", "device_offline", f"{dev.relay} is offline")
-        seconds = float(cmd.params["seconds"])
-        try:
-            await self.gw.unlock(cmd.target, seconds)
-        except ApplyError as exc:
-            status: Status = "rejected" if exc.code in REJECTED_CODES else "failed"
-            return self._result(cmd, status, exc.code, str(exc))
-        self._event("door", {"door": cmd.target, "action": "unlock", "seconds": seconds, "by": cmd.sub,
-                             "source": "cloud"})
-        return self._result(cmd, "ok", "ok", f"{cmd.target} unlocked for {seconds:g} s")
-
-    def _event(self, kind: str, body: Mapping[str, Any]) -> None:
-        now = self.gw.clock.time()
-        self.gw.bus.publish(Message("event", kind, {"id": os.urandom(8).hex(), "ts": iso(now, self.gw.tz),
-                                                     "kind": kind, **body}, now))
+        out = await self.gw.control.pulse(cmd.target, cmd.params["seconds"], ROLE_SOURCE[cmd.role],
+                                          f"{cmd.role}:{cmd.sub}")
+        return self._from_result(cmd, out)
 
     # -- documents -------------------------------------------------------------------------------
     def _meta(self, cmd: VerifiedCommand) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any, cast
 import aiomqtt
 
 from cloud_sync.commands import CommandVerifier, Rejection, VerifiedCommand, resolver_from_config, result_payload
-from cloud_sync.dispatch import Dispatcher, EmsGate, Gateway
+from cloud_sync.dispatch import Dispatcher, Gateway
 from cloud_sync.journal import CommandJournal, JournalEntry, recovery_step
 from cloud_sync.keys import load_public_keys
 from cloud_sync.link import Category, LinkSettings, MqttLink, dumps
@@ -150,7 +150,7 @@ def _category(m: OutboxMessage) -> Category:
 class CloudService:
     """The MQTT side of the daemon (see the module docstring)."""
 
-    def __init__(self, gw: Gateway, *, settings: LinkSettings | None = None, ems_gate: EmsGate | None = None,
+    def __init__(self, gw: Gateway, *, settings: LinkSettings | None = None,
                  outbox_max_bytes: int = OUTBOX_MAX_BYTES, window: int = OUTBOX_WINDOW) -> None:
         cfg = gw.cfg
         if cfg.cloud is None:
@@ -163,7 +163,7 @@ class CloudService:
             cfg.cloud.mqtt, f"campus-edge-{cfg.site.school_id}-{cfg.site.gateway_id}")
         self.window = window
         self.outbox_max_bytes = outbox_max_bytes
-        self.dispatcher = Dispatcher(gw, ems_gate)
+        self.dispatcher = Dispatcher(gw)
         self.states = StateGate()
         self.commands_in = 0
         self.results_out = 0
@@ -189,14 +189,6 @@ class CloudService:
         # subscribed here, before the first await: no event may slip past between start-up and the pump
         self._events = gw.bus.subscribe("event", maxsize=100_000, name="cloud-events")
         self._state_sub = gw.bus.subscribe("state", maxsize=10_000, name="cloud-state")
-
-    @property
-    def ems_gate(self) -> EmsGate:
-        return self.dispatcher.ems_gate
-
-    @ems_gate.setter
-    def ems_gate(self, gate: EmsGate) -> None:
-        self.dispatcher.ems_gate = gate
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> CloudService:

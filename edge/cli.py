@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import json
 import logging
+import math
+import re
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from edge.config import load_config
-from edge.core.config import Config
+from edge.core.config import Config, runtime_dir
 from edge.core.loader import ConfigError
 from edge.logs import setup_logging
 
@@ -38,7 +41,7 @@ def _load(path: str) -> Config:
 # -- subcommands ---------------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    from edge.config import config_warnings
+    from edge.config import config_warnings  # lazy: profiles only where a config is checked
 
     for warning in config_warnings(cfg):
         print(f"{args.config}: warning: {warning}", file=sys.stderr)
@@ -50,7 +53,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    from edge.daemon import Daemon
+    from edge.daemon import Daemon  # lazy: every driver only for `run`
 
     async def main() -> None:
         async with Daemon(cfg, status_port=args.status_port) as d:
@@ -76,7 +79,7 @@ def _status_port(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edge.http import get_json
+    from edge.http import get_json  # lazy: the client only
 
     port = _status_port(args)
     try:
@@ -90,59 +93,105 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"devices": body["devices"]}, ensure_ascii=False))
     else:
-        from edge.view import render_status
+        from edge.view import render_status  # lazy: the view only for a human
 
         print(render_status(body, _load(args.config) if args.config else None))
     return EXIT_OK
 
 
-def _parse_value(text: str) -> Any:
+WORDS = {"true": True, "on": True, "yes": True, "false": False, "off": False, "no": False}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)?$")
+
+
+def parse_value(text: str) -> Any:
+    """A FIELD=VALUE word, parsed once: true/false/on/off/yes/no are booleans, numbers are numbers."""
+    low = text.strip().lower()
+    if low in WORDS:
+        return WORDS[low]
     try:
-        return json.loads(text)
+        num = float(low)
     except ValueError:
         return text
+    if not math.isfinite(num):
+        raise UsageError(f"{text!r} is not a usable number")
+    return int(num) if num.is_integer() and "." not in low and "e" not in low else num
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `2h` -> seconds."""
+    m = _DURATION.match(text.strip().lower())
+    if not m:
+        raise UsageError(f"--hold {text!r}: use seconds or 30m / 2h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        return _load(args.config).control.socket
+    return runtime_dir() / "control.sock"
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    from edge.http import get_json
+    """A local operator's request through the daemon's control socket; the exit code says what happened."""
+    from edge.http import get_json  # lazy: the client only
 
     fields: dict[str, Any] = {}
     for item in args.fields:
         name, eq, value = item.partition("=")
         if not eq or not name:
             raise UsageError(f"expected FIELD=VALUE, got {item!r}")
-        fields[name] = _parse_value(value)
-    port = _status_port(args)
+        fields[name] = parse_value(value)
+    actions = sum(bool(x) for x in (fields, args.release, args.unlock is not None))
+    if actions != 1:
+        raise UsageError("give FIELD=VALUE pairs, or --release, or --unlock SECONDS (one of them)")
+    path, method, body = f"/devices/{args.device}", "POST", None
+    if args.release:
+        method = "DELETE"
+    elif args.unlock is not None:
+        path, body = f"/devices/{args.device}/unlock", {"seconds": args.unlock}
+    else:
+        body = {"set": fields}
+        if args.hold:
+            body["hold_s"] = parse_duration(args.hold)
+    sock = _socket(args)
     try:
-        code, body = asyncio.run(get_json("127.0.0.1", port, f"/devices/{args.device}", body=fields, wait_s=15))
+        code, reply = asyncio.run(get_json("localhost", 0, path, body=body, wait_s=15, unix=sock, method=method))
+    except PermissionError:
+        print(f"campus-edge set: permission denied on {sock}: local control is for the admin group"
+              " (run as root or a member of the socket's group)", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
-        print(f"campus-edge set: no daemon on 127.0.0.1:{port} ({exc.strerror or exc})", file=sys.stderr)
+        print(f"campus-edge set: no daemon on {sock} ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_RUNTIME
-    print(json.dumps(body, ensure_ascii=False))
-    return EXIT_OK if code == 200 else EXIT_RUNTIME
+    print(json.dumps(reply, ensure_ascii=False))
+    if code == 200:
+        return EXIT_OK
+    return EXIT_USAGE if isinstance(reply, dict) and reply.get("status") == "rejected" else EXIT_RUNTIME
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    from simulator.app import main as sim_main
+    from simulator.app import main as sim_main  # lazy: the simulator only for `simulate`
 
     return sim_main(cfg, speed=args.speed, wire_emulation=args.wire_emulation or None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.demo import run_demo
+    from edge.demo import run_demo  # lazy: the demo only for `demo`
 
     return run_demo(args.config, speed=args.speed, duration_s=args.duration)
 
 
 def cmd_modbus(args: argparse.Namespace) -> int:
-    from edge.modbus_cli import run_modbus_cli
+    from edge.modbus_cli import run_modbus_cli  # lazy: pymodbus only for `modbus`
 
     return run_modbus_cli(args)
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    from cloud_sync.ctl import run_ctl
+    from cloud_sync.ctl import run_ctl  # lazy: MQTT and PyJWT only for `ctl`
 
     return run_ctl(args)
 
@@ -183,21 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='one JSON object: {"devices": {ID: STATE}}')
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("set", help="local command through the arbiter, e.g. set ac-301a power_on=true setpoint_c=26")
+    p = sub.add_parser("set", help="local command through the arbiter, e.g. set ac-301a power_on=on setpoint_c=26",
+                       description="A local operator's request (the facility tier), validated like every other"
+                                   " source. Exit 0: the device holds the values (or the answer says who holds"
+                                   " them, or when a start follows); 2: refused; 1: failed.")
     p.add_argument("device")
-    p.add_argument("fields", nargs="+", metavar="FIELD=VALUE")
-    p.add_argument("--config", default=None)
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="true/false/on/off are booleans")
+    p.add_argument("--hold", default=None, help="how long the request holds (90s, 30m, 2h; default: the end of"
+                                                " the school day, control.day_end)")
+    p.add_argument("--release", action="store_true", help="withdraw the local request on DEVICE")
+    p.add_argument("--unlock", type=float, default=None, metavar="SECONDS", help="open a door for SECONDS")
+    p.add_argument("--config", default=None, help="site configuration (to find the control socket)")
+    p.add_argument("--socket", default=None, help="the control socket (instead of --config)")
     p.set_defaults(func=cmd_set)
 
     p = sub.add_parser("modbus", help="commissioning tools: scan a bus, read registers")
-    from edge.modbus_cli import add_modbus_arguments
+    from edge.modbus_cli import add_modbus_arguments  # lazy: pymodbus only for `modbus`
 
     add_modbus_arguments(p)
     p.set_defaults(func=cmd_modbus)
 
     p = sub.add_parser("ctl", help="app-side reference client: sign and send commands, watch results and events")
-    from cloud_sync.ctl import add_ctl_arguments
+    from cloud_sync.ctl import add_ctl_arguments  # lazy: MQTT and PyJWT only for `ctl`
 
     add_ctl_arguments(p)
     p.set_defaults(func=cmd_ctl)
@@ -212,8 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = args.config or args.config_opt
         if not args.config:
             ap.error("check-config needs a configuration file")
-    if args.command in ("status", "set") and not (args.config or args.port):
-        ap.error(f"{args.command} needs --config or --port")
+    if args.command == "status" and not (args.config or args.port):
+        ap.error("status needs --config or --port")
     try:
         rc: int = args.func(args)
     except UsageError as exc:

@@ -1,29 +1,33 @@
-"""The daemon: the composition root that wires config, drivers, state, arbiter and APIs.
+"""The daemon: the composition root that wires config, drivers, state, arbiter, control and APIs.
 
-One supervisor (`asyncio.TaskGroup`) runs every service; SIGTERM/SIGINT set `stop`, the group is
-cancelled, the store is flushed, and the process exits 0. Runs fully without a cloud section.
+Drivers (the Modbus engine today; serial RFID readers and Bluetooth scanners next) plug in through
+the core's `Driver` seam: the daemon keeps a list of them and routes by device id. Every control
+source asks through one entry (`edge.core.control.Control`). One supervisor (`asyncio.TaskGroup`)
+runs every service; SIGTERM/SIGINT set `stop`, the group is cancelled, the store is flushed, and
+the process exits 0. Runs fully without a cloud section.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.devices import AC_WRITABLE, NO_COMMUNICATION_FAULT, channel_field, state_for
-from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading, WriteError
-from drivers.modbus.profile import Profile
+from drivers.modbus.driver import ModbusDriver
 from edge.config import config_warnings
-from edge.core.arbiter import MAX_DOOR_UNLOCK_S, MIN_OFF_S, ApplyError, Arbiter, Outcome, Request, Source
+from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import Clock, SystemClock, iso
-from edge.core.config import Config, RelayChannel
+from edge.core.config import Config
+from edge.core.control import Ask, Control, Result
+from edge.core.driver import PULSE, ApplyError, Driver, DriverFactory
 from edge.core.events import EventBus, Message
+from edge.core.model import CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blank_state
 from edge.core.schedule import ScheduleRunner
 from edge.core.store import Store
 from edge.http import HttpServer
@@ -33,37 +37,50 @@ log = logging.getLogger("campus_edge.daemon")
 VERSION = "0.1.0"
 FLUSH_S = 60.0  # state rows written to the SD card at most this often (wear)
 
-
-@dataclass(frozen=True, slots=True)
-class Channel:
-    """A light, fan or door wired to a relay board channel."""
-
-    device: RelayChannel
-    field: str
+DEFAULT_DRIVERS: tuple[DriverFactory, ...] = (ModbusDriver.from_config,)
+"""Every kind of hardware the gateway drives: a new one is a driver factory added here."""
 
 
 class Daemon:
     """Everything the gateway runs, as one async context: `async with Daemon(cfg) as d: await d.wait()`."""
 
-    def __init__(self, cfg: Config, clock: Clock | None = None, status_port: int | None = None) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None, status_port: int | None = None,
+                 drivers: Sequence[DriverFactory] = DEFAULT_DRIVERS) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.started_at = self.clock.time()
         self.tz = ZoneInfo(cfg.site.timezone)
         self.bus = EventBus()
         self.store = Store(Path(cfg.storage.path) / "state.db")
-        self.profiles: dict[str, Profile] = {}
-        self.modbus: ModbusEngine | None = None
         self.cloud: Any = None
         self.telemetry: Any = None
-        self.kind_of: dict[str, str] = {}
-        self.channels_of: dict[str, list[Channel]] = {}
-        self.channel_devices: dict[str, Channel] = {}
-        self.values: dict[str, dict[str, Any]] = {}
-        self._unread: dict[str, set[str]] = {}
+        self.drivers: list[Driver] = []
+        self.owner: dict[str, Driver] = {}
+        self.kinds: dict[str, Kind] = {}
         self.states: dict[str, dict[str, Any]] = {}
+        self._fresh: set[str] = set()   # devices read since the start (only these are shown online)
+        for factory in drivers:
+            drv = factory(cfg, self, self.clock)
+            if drv is None:
+                continue
+            self.drivers.append(drv)
+            for dev_id, kind in drv.devices().items():
+                if dev_id in self.owner:
+                    raise ValueError(f"device {dev_id} is claimed by drivers {self.owner[dev_id].name} and {drv.name}")
+                self.owner[dev_id] = drv
+                self.kinds[dev_id] = kind
+        self.unowned = [d.id for d in cfg.devices if d.id not in self.owner]
+        for dev_id, kind in self.kinds.items():
+            prev = self.store.states.get(dev_id, {})
+            # the last state survives a restart but is not vouched for until a fresh reading arrives
+            self.states[dev_id] = {**blank_state(kind).as_json(), **prev, "online": False,
+                                   "ts": prev.get("ts") or iso(self.started_at, self.tz)}
         self.arbiter = Arbiter(self, self.store, self.clock, min_off=self._min_off)
+        self.control = Control(self.arbiter, self.kinds, self.online, self.actual, self._can_pulse,
+                               cfg.control, self.clock, self.tz, events=self.on_event)
         self.http = HttpServer("127.0.0.1", cfg.status_port if status_port is None else status_port)
+        self.local = HttpServer(unix=cfg.control.socket, group=cfg.control.socket_group,
+                                max_connections=cfg.control.max_connections)
         self.schedules = ScheduleRunner(
             [(e.id, e.at, e.days, [a for t in e.targets for a in cfg.actuators_for(t)], dict(e.set), e.hold_min)
              for e in cfg.schedules], self.tz, self.clock, self._fire_schedule)
@@ -71,35 +88,13 @@ class Daemon:
         self._tasks: asyncio.TaskGroup | None = None
         self._bg: list[asyncio.Task[None]] = []
         self._exit = contextlib.AsyncExitStack()
-        self._build()
-
-    # -- wiring ----------------------------------------------------------------------------------
-    def _build(self) -> None:
-        self.modbus = ModbusEngine.from_config(self.cfg, self, clock=self.clock)
-        for dev in self.cfg.modbus_devices():
-            self.profiles[dev.id] = self.modbus.profile(dev.id)
-            self.kind_of[dev.id] = dev.kind
-            self._unread[dev.id] = {p.field for p in self.profiles[dev.id].points if p.poll}
-        for ch in self.cfg.relay_channels():
-            c = Channel(ch, channel_field(ch.channel))
-            self.channels_of.setdefault(ch.relay, []).append(c)
-            self.channel_devices[ch.id] = c
-            self.kind_of[ch.id] = ch.kind
-        for dev_id, kind in self.kind_of.items():
-            board = self.profiles.get(dev_id)
-            blank = {"on": None} if board is None else state_for(kind, {}, board.channels or 0)
-            prev = self.store.states.get(dev_id, {})
-            # the last state survives a restart but is not vouched for until a fresh reading arrives
-            self.states[dev_id] = {**blank, **prev, "online": False,
-                                   "ts": prev.get("ts") or iso(self.started_at, self.tz)}
-
-    @property
-    def _engine(self) -> ModbusEngine:
-        assert self.modbus is not None
-        return self.modbus
 
     def _min_off(self, actuator: str) -> float:
-        return MIN_OFF_S if self.kind_of.get(actuator) == "ac" else 0.0
+        return self.cfg.control.min_off_s if self.kinds.get(actuator) == Kind.AC else 0.0
+
+    def _can_pulse(self, device_id: str) -> bool:
+        drv = self.owner.get(device_id)
+        return drv is not None and PULSE in drv.capabilities(device_id)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Daemon:
@@ -111,18 +106,24 @@ class Daemon:
             stack.callback(self._close_store)
             await self.http.start()
             stack.push_async_callback(self.http.close)
+            try:
+                await self.local.start()
+                stack.push_async_callback(self.local.close)
+            except OSError as exc:  # local control is lost, the school's control is not
+                log.error("local control socket %s unavailable: %s", self.cfg.control.socket, exc)
             if self.cfg.cloud is not None:
-                # entered before the Modbus engine so that it is left after it: fault events that the
-                # engine's shutdown produces still reach the durable outbox
-                from cloud_sync.service import CloudService  # only sites with a cloud pay for MQTT and crypto
+                # entered before the drivers so that it is left after them: fault events that their
+                # shutdown produces still reach the durable outbox
+                from cloud_sync.service import CloudService  # lazy: only sites with a cloud pay for MQTT and crypto
 
                 if self.cfg.cloud.influx is not None:
-                    from cloud_sync.telemetry import TelemetryWriter  # only sites with an Influx pay for it
+                    from cloud_sync.telemetry import TelemetryWriter  # lazy: only sites with an Influx pay for it
 
                     self.telemetry = await stack.enter_async_context(TelemetryWriter(
                         self.cfg, self.bus, storage_dir=Path(self.cfg.storage.path), clock=self.clock))
                 self.cloud = await stack.enter_async_context(CloudService(self))
-            await stack.enter_async_context(self._engine)
+            for drv in self.drivers:
+                await stack.enter_async_context(drv)
             self._tasks = asyncio.TaskGroup()
             await stack.enter_async_context(self._tasks)
             stack.callback(self._cancel_background)
@@ -135,8 +136,10 @@ class Daemon:
         self._exit = stack
         for warning in config_warnings(self.cfg):
             log.warning("config: %s", warning)
-        log.info("daemon started: %d devices on %d buses, status API on 127.0.0.1:%d",
-                 len(self.kind_of), len(self._engine.buses), self.http.port)
+        for dev_id in self.unowned:
+            log.warning("config: device %s has no driver: nothing reads or drives it", dev_id)
+        log.info("daemon started: %d devices by %d drivers, status API on 127.0.0.1:%d, local control on %s",
+                 len(self.kinds), len(self.drivers), self.http.port, self.cfg.control.socket)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -165,43 +168,30 @@ class Daemon:
             await asyncio.sleep(FLUSH_S)
             await asyncio.to_thread(self.store.flush)
 
-    # -- readings in (the engines' sink) ---------------------------------------------------------
-    def on_reading(self, r: Reading) -> None:
-        vals = self.values.setdefault(r.device_id, {})
-        vals.update(r.values)
-        missing = self._unread.get(r.device_id)
-        if missing:
-            # a device's first cycle takes several transactions (SDM630: three): publish its STATE
-            # once every polled field has been read, not a half-filled one
-            missing.difference_update(r.values, r.rejected)
-            if missing:
-                return
-        kind = self.kind_of[r.device_id]
-        prof = self.profiles[r.device_id]
-        typed = state_for(kind, vals, prof.channels or 0)
-        if kind == "ac" and typed["fault"] == NO_COMMUNICATION_FAULT:
-            self._set_state(r.device_id, {**typed, "online": False}, r.ts)
-        else:
-            self._set_state(r.device_id, {**typed, "online": True}, r.ts)
-        if kind == "ac":
-            self.arbiter.observe(r.device_id, typed)
-        for ch in self.channels_of.get(r.device_id, []):
-            if ch.field in vals:
-                self._set_state(ch.device.id, {"on": bool(vals[ch.field]), "online": True}, r.ts)
+    # -- the drivers' sink -----------------------------------------------------------------------
+    def on_state(self, device_id: str, state: DeviceState, online: bool, ts: float) -> None:
+        self._fresh.add(device_id)
+        self._set_state(device_id, {**state.as_json(), "online": online}, ts)
+        if isinstance(state, AcState):
+            self.arbiter.observe(device_id, {"power_on": state.power_on})
 
-    def on_health(self, h: DeviceHealth) -> None:
+    def on_health(self, device_id: str, online: bool, reason: str | None) -> None:
         # a device back before its first complete reading is shown online by that reading
-        show = not (h.online and self._unread.get(h.device_id))
-        affected = [h.device_id] + [c.device.id for c in self.channels_of.get(h.device_id, [])]
-        for dev_id in affected:
-            if show:
-                self._set_state(dev_id, {**self.states.get(dev_id, {}), "online": h.online}, self.clock.time())
-            if h.online:
-                self.arbiter.forget_applied(dev_id)
-                if self._tasks is not None:
-                    self._tasks.create_task(self.arbiter.reconcile(dev_id), name=f"reapply-{dev_id}")
-        self._event("fault", {"device": h.device_id, "code": "offline" if not h.online else "online",
-                              "message": h.reason})
+        if not online or device_id in self._fresh:
+            self._set_state(device_id, {**self.states.get(device_id, {}), "online": online}, self.clock.time())
+        if online:
+            self.arbiter.forget_applied(device_id)
+            if self._tasks is not None and self.kinds.get(device_id) in CONTROLLABLE_KINDS:
+                self._tasks.create_task(self.arbiter.reconcile(device_id), name=f"reapply-{device_id}")
+        if self.kinds.get(device_id) not in (Kind.LIGHT, Kind.FAN, Kind.DOOR):  # one event per physical device
+            self.on_event("fault", {"device": device_id, "code": "online" if online else "offline",
+                                    "message": reason})
+
+    def on_event(self, kind: str, body: Mapping[str, Any]) -> None:
+        now = self.clock.time()
+        payload = {"id": os.urandom(8).hex(), "ts": iso(now, self.tz), "kind": kind, **body}
+        log.info("event %s %s", kind, dict(body))
+        self.bus.publish(Message("event", kind, payload, now))
 
     def _set_state(self, dev_id: str, state: Mapping[str, Any], ts: float) -> None:
         old = self.states.get(dev_id, {})
@@ -212,113 +202,107 @@ class Daemon:
             return
         self.store.put_state(dev_id, new)
         if "fault" in changed and new.get("fault") is not None:
-            self._event("fault", {"device": dev_id, "code": new["fault"]})
+            self.on_event("fault", {"device": dev_id, "code": new["fault"]})
         self.bus.publish(Message("state", dev_id, new, ts))
 
-    def _event(self, kind: str, body: Mapping[str, Any]) -> None:
-        now = self.clock.time()
-        payload = {"id": os.urandom(8).hex(), "ts": iso(now, self.tz), "kind": kind, **body}
-        log.info("event %s %s", kind, body)
-        self.bus.publish(Message("event", kind, payload, now))
-
     # -- actuators (the arbiter's side) ----------------------------------------------------------
+    def online(self, device_id: str) -> bool:
+        return bool(self.states.get(device_id, {}).get("online"))
+
     def actual(self, actuator: str) -> Mapping[str, Any]:
         return self.states.get(actuator, {})
 
-    async def apply(self, actuator: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
-        ch = self.channel_devices.get(actuator)
-        try:
-            if ch is not None:
-                got = await self._engine.write(ch.device.relay, {ch.field: bool(fields["on"])})
-                return {"on": got[ch.field]}
-            return await self._engine.write(actuator, dict(fields))
-        except WriteError as exc:
-            raise ApplyError(exc.code, str(exc)) from exc
-        except KeyError as exc:
-            raise ApplyError("unknown_target", f"{actuator} has no writable field {exc}") from exc
+    def _driver(self, device_id: str) -> Driver:
+        drv = self.owner.get(device_id)
+        if drv is None:
+            raise ApplyError("unknown_target", f"no driver for {device_id!r}")
+        return drv
 
-    async def command(self, target: str, fields: Mapping[str, Any], source: Source,
-                      requester: str | None = None, hold_s: float | None = None) -> Outcome:
-        """A validated request for one actuator, through the arbiter (local API, schedules, cloud)."""
-        kind = self.kind_of.get(target)
-        if kind is None:
-            return Outcome(False, "unknown_target", f"no device {target!r}", {}, {})
-        if kind == "door":
-            return Outcome(False, "bad_request", f"{target} is a door: doors open only with door.unlock", {}, {})
-        allowed = AC_WRITABLE if kind == "ac" else {"on"} if kind in ("light", "fan") else set()
-        bad = set(fields) - allowed
-        if not fields or bad:
-            return Outcome(False, "bad_request", f"{target} accepts {sorted(allowed)}, got {sorted(fields)}", {}, {})
-        physical = self.channel_devices[target].device.relay if target in self.channel_devices else target
-        if not self.states.get(physical, {}).get("online", False):
-            return Outcome(False, "device_offline", f"{physical} is offline", {}, {})
-        expires = None if hold_s is None else self.clock.time() + hold_s
-        return await self.arbiter.submit(Request(target, source, dict(fields), expires, requester))
+    async def apply(self, actuator: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        return await self._driver(actuator).apply(actuator, fields)
+
+    async def pulse(self, actuator: str, seconds: float) -> None:
+        await self._driver(actuator).pulse(actuator, seconds)
 
     async def _fire_schedule(self, entry: str, target: str, fields: dict[str, Any], hold_s: float | None) -> None:
-        kind = self.kind_of.get(target)
-        if kind != "ac" and "power_on" in fields:
+        if self.kinds.get(target) != Kind.AC and "power_on" in fields:
             fields = {"on": fields.pop("power_on"), **fields}
-        allowed = AC_WRITABLE if kind == "ac" else {"on"}
-        fields = {k: v for k, v in fields.items() if k in allowed}
-        if not fields:
-            return
         requester = f"schedule:{entry}"
         if hold_s:
-            out = await self.command(target, fields, Source.SCHEDULE, requester=requester, hold_s=hold_s)
+            out = await self.control.ask(Ask(target, fields, Source.SCHEDULE, requester, hold_s))
         else:
-            out = await self.arbiter.set_baseline(target, fields, requester)
+            out = await self.control.baseline(target, fields, requester)
         if not out.ok:
             log.warning("schedule %s on %s: %s %s", entry, target, out.code, out.message)
 
-    async def unlock(self, door_id: str, seconds: float) -> None:
-        """Open a door for `seconds`; the relay board re-locks by itself even if we die (flash)."""
-        ch = self.channel_devices.get(door_id)
-        if ch is None or ch.device.kind != "door":
-            raise ApplyError("unknown_target", f"no door {door_id!r}")
-        try:
-            await self._engine.flash(ch.device.relay, ch.device.channel, on=True,
-                                     seconds=min(seconds, MAX_DOOR_UNLOCK_S))
-        except WriteError as exc:
-            raise ApplyError(exc.code, str(exc)) from exc
-
-    # -- local status API ------------------------------------------------------------------------
+    # -- local APIs ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return {"devices": self.states}
 
+    def holds(self, device_id: str) -> list[dict[str, Any]]:
+        return [{"source": r.source.name.lower(), "by": r.requester, "fields": dict(r.fields),
+                 "until": None if r.expires is None else iso(r.expires, self.tz)}
+                for r in self.arbiter.requests(device_id) if r.source > Source.RESTORE]
+
     def _routes(self) -> None:
-        async def get_status(_path: str, _body: bytes) -> tuple[int, Any]:
+        async def get_status(_path: str, _body: bytes, _peer: str | None) -> tuple[int, Any]:
             return 200, {**self.status(), "gateway": self.gateway_info()}
 
-        async def get_health(_path: str, _body: bytes) -> tuple[int, Any]:
+        async def get_health(_path: str, _body: bytes, _peer: str | None) -> tuple[int, Any]:
             return 200, {"ok": True, "uptime_s": round(self.clock.time() - self.started_at, 1)}
 
-        async def get_metrics(_path: str, _body: bytes) -> tuple[int, Any]:
+        async def get_metrics(_path: str, _body: bytes, _peer: str | None) -> tuple[int, Any]:
             return 200, self.metrics_text()
 
-        async def post_device(path: str, body: bytes) -> tuple[int, Any]:
-            import json
+        for server in (self.http, self.local):
+            server.route("GET", "/status", get_status)
+            server.route("GET", "/health", get_health)
+            server.route("GET", "/metrics", get_metrics)
+        # control only on the Unix socket: its file permissions are the credential
+        self.local.route("POST", "/devices/", self._post_device)
+        self.local.route("DELETE", "/devices/", self._delete_device)
+        self.local.route("GET", "/devices/", self._get_device)
 
-            target = path.rsplit("/", 1)[-1]
-            try:
-                fields = json.loads(body or b"{}")
-                if not isinstance(fields, dict):
-                    raise ValueError("a JSON object of fields is expected")
-            except ValueError as exc:
-                return 400, {"status": "rejected", "code": "bad_request", "message": str(exc)}
-            out = await self.command(target, fields, Source.LOCAL, requester="local")
-            return (200 if out.ok else 409), {"status": "ok" if out.ok else "failed", "code": out.code,
-                                               "message": out.message, "state": self.states.get(target)}
+    def _reply(self, out: Result) -> tuple[int, Any]:
+        code = 200 if out.ok else 422 if out.status == "rejected" else 409
+        return code, out.payload(self.tz)
 
-        self.http.route("GET", "/status", get_status)
-        self.http.route("GET", "/health", get_health)
-        self.http.route("GET", "/metrics", get_metrics)
-        self.http.route("POST", "/devices/", post_device)
+    async def _post_device(self, path: str, body: bytes, peer: str | None) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")   # devices/ID or devices/ID/unlock
+        target = parts[1] if len(parts) > 1 else ""
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("a JSON object is expected")
+        except ValueError as exc:
+            return 400, {"status": "rejected", "code": "bad_request", "message": f"body: {exc}"}
+        who = f"local:{peer or 'unknown'}"
+        if len(parts) == 3 and parts[2] == "unlock":
+            return self._reply(await self.control.pulse(target, req.get("seconds"), Source.LOCAL, who))
+        hold = req.pop("hold_s", None)
+        if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int | float)):
+            return 400, {"status": "rejected", "code": "bad_request", "message": "hold_s: a number of seconds"}
+        fields = req.pop("set", None)
+        if not isinstance(fields, dict) or req:
+            return 400, {"status": "rejected", "code": "bad_request",
+                         "message": "expected {\"set\": {FIELD: VALUE, ...}, \"hold_s\"?: seconds}"}
+        return self._reply(await self.control.ask(Ask(target, fields, Source.LOCAL, who, hold)))
+
+    async def _delete_device(self, path: str, _body: bytes, peer: str | None) -> tuple[int, Any]:
+        target = path.rsplit("/", 1)[-1]
+        return self._reply(await self.control.release(target, Source.LOCAL, f"local:{peer or 'unknown'}"))
+
+    async def _get_device(self, path: str, _body: bytes, _peer: str | None) -> tuple[int, Any]:
+        target = path.rsplit("/", 1)[-1]
+        if target not in self.kinds:
+            return 404, {"error": f"no device {target!r}"}
+        return 200, {"state": self.states.get(target), "holds": self.holds(target)}
 
     def gateway_info(self) -> dict[str, Any]:
         return {"school_id": self.cfg.site.school_id, "gateway_id": self.cfg.site.gateway_id,
                 "version": VERSION, "started_at": iso(self.started_at, self.tz),
-                "buses": self._engine.stats()}
+                "drivers": {d.name: d.stats() for d in self.drivers},
+                "buses": {k: v for d in self.drivers if d.name == "modbus" for k, v in d.stats().items()}}
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of device health and bus counters."""
@@ -327,7 +311,7 @@ class Daemon:
                   for d, s in sorted(self.states.items())]
         lines.append("# TYPE campus_edge_modbus_requests_total counter")
         lines.append("# TYPE campus_edge_modbus_errors_total counter")
-        for bus_id, st in sorted(self._engine.stats().items()):
+        for bus_id, st in sorted(self.gateway_info()["buses"].items()):
             lines.append(f'campus_edge_modbus_requests_total{{bus="{bus_id}"}} {st.get("requests", 0)}')
             for kind, n in sorted(st.get("errors", {}).items()):
                 lines.append(f'campus_edge_modbus_errors_total{{bus="{bus_id}",kind="{kind}"}} {n}')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +32,15 @@ def _children() -> set[int]:
         if fields[1] == me and fields[0] != "Z":
             out.add(int(d.name))
     return out
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private $RUNTIME_DIRECTORY (the control socket's home), short enough for AF_UNIX's 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="ce-run-"))
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from mqtt_broker import Broker, small_school
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
 from edge.core.config import Config
+from edge.core.control import admit_all
 from edge.daemon import Daemon
 from simulator.app import VirtualSchool
 
@@ -237,7 +238,7 @@ async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool,
     assert school.ac("ac-301a").power_on
     assert school.ac("ac-301b").power_on
     assert not school.ac("ac-302a").power_on
-    assert daemon.arbiter.requests("ac-301a")[0].requester == "T123"
+    assert daemon.arbiter.requests("ac-301a")[0].requester == "teacher:T123"
 
     res = await run(action="relay.set", target="light-301", params={"on": True})
     assert res["status"] == "ok", res
@@ -264,13 +265,13 @@ async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool,
     assert res["status"] == "ok", res
     assert load_document(daemon.store, DOC_BOOKINGS + "302")["b1"]["title"] == "PTA"
 
-    daemon.cloud.ems_gate = lambda cmd: cmd.action != "ac.set"
+    daemon.control.admission = lambda target, kind, fields, source: "over the contract" if kind == "ac" else None
     res = await run(target="ac-302a", params={"power_on": True})
     assert (res["status"], res["code"]) == ("rejected", "denied_by_ems")
     assert not school.ac("ac-302a").power_on
 
     school.set_fault("ac-302a", "silent")
-    daemon.cloud.ems_gate = lambda cmd: True
+    daemon.control.admission = admit_all
     await w.wait_for(lambda t, b, _r: t == w.topics.state("ac-302a") and b.get("online") is False, 15)
     res = await run(target="ac-302a", params={"power_on": True})
     assert (res["status"], res["code"]) == ("failed", "device_offline"), res
@@ -387,7 +388,7 @@ async def test_payloads_of_a_running_daemon_match_the_asyncapi_document(
         if kind == "status":
             schema = "Status"
         elif kind == "state":
-            schema = STATE_SCHEMA[daemon.kind_of[topic.rsplit("/", 1)[1]]]
+            schema = STATE_SCHEMA[daemon.kinds[topic.rsplit("/", 1)[1]]]
         elif kind == "event":
             schema = {"fault": "FaultEvent", "door": "DoorEvent"}[topic.rsplit("/", 1)[1]]
         elif kind == "result":

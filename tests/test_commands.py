@@ -533,34 +533,42 @@ def test_resolver_from_the_example_config(tmp_path: Path) -> None:
 
 
 class _Gateway:
-    """What the dispatcher sees of the daemon; `unlock` raises what the daemon raises, `command` records."""
+    """What the dispatcher sees of the daemon: the real control entry and arbiter over a recording actuator."""
 
     def __init__(self, root: Path, error: Exception | None = None) -> None:
         from mqtt_broker import small_school
 
+        from edge.core.arbiter import Arbiter
         from edge.core.config import Config
+        from edge.core.control import Control
         from edge.core.events import EventBus
+        from edge.core.model import Kind
 
         self.cfg = Config.model_validate(small_school(root, modbus_port=1, broker_port=None, pub_key=None))
         self.clock = ManualClock(NOW)
         self.bus = EventBus()
         self.store = None
-        self.states: dict[str, dict[str, Any]] = {"relay-1": {"online": True}}
-        self.kind_of = {d.id: d.kind for d in self.cfg.devices}
+        self.kinds = {d.id: Kind(d.kind) for d in self.cfg.devices}
+        self.states: dict[str, dict[str, Any]] = {d: {"online": True} for d in self.kinds}
         self.tz = TZ
         self.error = error
         self.commanded: list[str] = []
         self.unlocked: list[str] = []
+        self.arbiter = Arbiter(self, clock=self.clock)
+        self.control = Control(self.arbiter, self.kinds, lambda d: True, self.actual, lambda d: True,
+                               self.cfg.control, self.clock, TZ)
 
-    async def command(self, target: str, fields: Any, source: Any, requester: str | None = None,
-                      hold_s: float | None = None) -> Any:
+    async def apply(self, target: str, fields: Any) -> Any:
         self.commanded.append(target)
         raise AssertionError(f"{target} must not be commanded")
 
-    async def unlock(self, door_id: str, seconds: float) -> None:
+    async def pulse(self, door_id: str, seconds: float) -> None:
         self.unlocked.append(door_id)
         if self.error is not None:
             raise self.error
+
+    def actual(self, device: str) -> Any:
+        return self.states.get(device, {})
 
 
 def _cmd(action: str, target: str, params: dict[str, Any]) -> VerifiedCommand:
@@ -585,7 +593,7 @@ async def test_dispatcher_never_drives_a_door_with_relay_set(tmp_path: Path) -> 
 ])
 async def test_dispatcher_answers_unlock_errors_of_the_daemon(tmp_path: Path, error: str, status: str) -> None:
     from cloud_sync.dispatch import Dispatcher
-    from edge.core.arbiter import ApplyError
+    from edge.core.driver import ApplyError
 
     _kind, code = error.split(":")
     exc = ApplyError(code, "no answer")

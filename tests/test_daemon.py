@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,10 @@ from typing import Any
 import pytest
 from conftest import free_port, until
 
+from edge.cli import main as cli_main
+from edge.core.arbiter import Request, Source
 from edge.core.config import Config
+from edge.core.control import Ask
 from edge.daemon import Daemon
 from edge.http import get_json
 from simulator.app import VirtualSchool
@@ -72,16 +77,23 @@ async def test_reads_every_device_over_tcp_and_rtu(site: tuple[VirtualSchool, Da
     assert daemon.states["ac-101a"]["ts"].endswith("+08:00")  # the site's time zone
 
 
+async def local(daemon: Daemon, path: str, body: Any = None, method: str | None = None) -> tuple[int, Any]:
+    """The local operator's request over the daemon's control socket (what `campus-edge set` sends)."""
+    return await get_json("localhost", 0, path, body=body, wait_s=10, unix=daemon.cfg.control.socket, method=method)
+
+
 async def test_local_command_is_written_and_verified(site: tuple[VirtualSchool, Daemon]) -> None:
     school, daemon = site
-    code, body = await get_json("127.0.0.1", daemon.http.port, "/devices/ac-401a",
-                                body={"power_on": True, "setpoint_c": 26, "mode": "cool"}, wait_s=10)
+    code, body = await local(daemon, "/devices/ac-401a", {"set": {"power_on": True, "setpoint_c": 26, "mode": "cool"}})
     assert code == 200, body
     assert body["status"] == "ok"
+    assert "deferred_until" not in body
+    assert "overridden_by" not in body
     sim = school.ac("ac-401a")
     assert (sim.power_on, sim.setpoint_c, sim.mode) == (True, 26.0, "cool")
-    await until(lambda: daemon.states["ac-401a"]["power_on"] is True, what="state to show the AC on")
-    code, body = await get_json("127.0.0.1", daemon.http.port, "/devices/light-401", body={"on": True}, wait_s=10)
+    assert body["state"]["power_on"] is True
+    assert body["until"].endswith("+08:00")   # a local request holds until the end of the school day
+    code, body = await local(daemon, "/devices/light-401", {"set": {"on": True}})
     assert code == 200, body
     assert school.relay("relay-1")[1] is True
 
@@ -89,23 +101,140 @@ async def test_local_command_is_written_and_verified(site: tuple[VirtualSchool, 
 async def test_bad_local_commands_change_nothing(site: tuple[VirtualSchool, Daemon]) -> None:
     school, daemon = site
     before = school.ac("ac-101a")
-    for path, payload, want in [("/devices/ac-101a", {"setpoint_c": 99}, "out_of_range"),
-                                ("/devices/ac-101a", {"colour": "red"}, "bad_request"),
-                                ("/devices/nope", {"on": True}, "unknown_target"),
-                                ("/devices/door-401", {"on": True}, "bad_request")]:  # doors: timed unlock only
-        code, body = await get_json("127.0.0.1", daemon.http.port, path, body=payload, wait_s=10)
-        assert code == 409, body
-        assert body["code"] == want
+    for path, fields, want in [("/devices/ac-101a", {"setpoint_c": 99}, "out_of_range"),
+                               ("/devices/ac-101a", {"setpoint_c": 16}, "out_of_range"),
+                               ("/devices/ac-101a", {"colour": "red"}, "bad_request"),
+                               ("/devices/ac-101a", {"power_on": "off"}, "bad_request"),
+                               ("/devices/ac-101a", {"power_on": 1}, "bad_request"),
+                               ("/devices/ac-101a", {"mode": "freeze"}, "bad_request"),
+                               ("/devices/light-401", {"on": "false"}, "bad_request"),
+                               ("/devices/nope", {"on": True}, "unknown_target"),
+                               ("/devices/door-401", {"on": True}, "bad_request")]:  # doors: timed unlock only
+        code, body = await local(daemon, path, {"set": fields})
+        assert code == 422, (fields, body)
+        assert (body["status"], body["code"]) == ("rejected", want), fields
     assert school.relay("relay-1")[0] is False
+    assert school.relay("relay-1")[1] is False
     after = school.ac("ac-101a")
     assert (after.power_on, after.setpoint_c, after.mode) == (before.power_on, before.setpoint_c, before.mode)
 
 
+async def test_the_status_port_cannot_actuate(site: tuple[VirtualSchool, Daemon]) -> None:
+    """Any process or web page can reach the loopback port: it reads, it never switches anything."""
+    school, daemon = site
+    port = daemon.http.port
+    for ctype in ("application/json", "text/plain"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b'{"set": {"on": true}}'
+        writer.write(f"POST /devices/light-401 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert raw.split()[1] in (b"404", b"405", b"415"), raw
+    assert school.relay("relay-1")[1] is False
+    code, _ = await get_json("127.0.0.1", port, "/status")
+    assert code == 200
+
+
+async def test_the_control_socket_takes_json_only_and_is_not_for_everyone(site: tuple[VirtualSchool, Daemon]) -> None:
+    school, daemon = site
+    sock = daemon.cfg.control.socket
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    body = b'{"set": {"on": true}}'
+    writer.write(b"POST /devices/light-401 HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert raw.split()[1] == b"415", raw
+    assert school.relay("relay-1")[1] is False
+    # a user outside the socket's group (nobody) cannot even connect
+    probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+             "try:\n s.connect(sys.argv[1])\nexcept PermissionError:\n sys.exit(13)\nsys.exit(0)")
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", probe, str(sock))
+    assert await asyncio.wait_for(proc.wait(), 10) == 13
+
+
+async def test_cli_set_parses_words_once(site: tuple[VirtualSchool, Daemon]) -> None:
+    """`power_on=off` on an AC that is off switched it on (bool("off") is True): never again."""
+    school, daemon = site
+    sock = str(daemon.cfg.control.socket)
+    assert school.ac("ac-101b").power_on is False
+    assert await asyncio.to_thread(cli_main, ["set", "ac-101b", "power_on=off", "--socket", sock]) == 0
+    assert school.ac("ac-101b").power_on is False
+    assert await asyncio.to_thread(cli_main, ["set", "light-401", "on=false", "--socket", sock]) == 0
+    assert school.relay("relay-1")[1] is False
+    assert await asyncio.to_thread(cli_main, ["set", "ac-101b", "setpoint_c=16", "--socket", sock]) == 2
+    assert school.ac("ac-101b").setpoint_c != 16
+    assert await asyncio.to_thread(cli_main, ["set", "ac-101b", "power_on=1", "--socket", sock]) == 2
+    assert school.ac("ac-101b").power_on is False
+    assert await asyncio.to_thread(cli_main, ["set", "light-401", "on=yes", "--socket", sock, "--hold", "5m"]) == 0
+    assert school.relay("relay-1")[1] is True
+    assert await asyncio.to_thread(cli_main, ["set", "light-401", "--release", "--socket", sock]) == 0
+
+
+async def test_minimum_off_time_for_every_source_through_the_daemon(site: tuple[VirtualSchool, Daemon]) -> None:
+    school, daemon = site
+    assert daemon.cfg.control.min_off_s == 180
+    on = await daemon.control.ask(Ask("ac-101a", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+    assert on.ok
+    off = await daemon.control.ask(Ask("ac-101a", {"power_on": False}, Source.FACILITY, "facility:F1"))
+    assert off.ok
+    again = await daemon.control.ask(Ask("ac-101a", {"power_on": True}, Source.LOCAL, "local:root"))
+    assert again.ok
+    assert again.deferred_until is not None
+    assert 170 < again.deferred_until - daemon.clock.time() <= 180
+    assert school.ac("ac-101a").power_on is False   # the simulator's own lock-out is not what stops it
+    cli = await asyncio.to_thread(cli_main, ["set", "ac-101a", "power_on=true", "--socket",
+                                             str(daemon.cfg.control.socket)])
+    assert cli == 0
+    assert school.ac("ac-101a").power_on is False
+
+
+async def test_truthful_answers_when_someone_else_holds_the_unit(site: tuple[VirtualSchool, Daemon]) -> None:
+    school, daemon = site
+    # facility staff switch a unit on; the teacher's "off" is answered with who holds it, not a plain ok
+    fac = await daemon.control.ask(Ask("ac-101a", {"power_on": True, "setpoint_c": 26}, Source.FACILITY, "facility:F1"))
+    assert fac.ok
+    assert fac.overridden_by is None
+    teacher = await daemon.control.ask(Ask("ac-101a", {"power_on": False}, Source.TEACHER, "teacher:T1"))
+    assert teacher.ok
+    assert teacher.overridden_by is not None
+    assert teacher.overridden_by.source == Source.FACILITY
+    assert teacher.overridden_by.requester == "facility:F1"
+    assert teacher.payload(daemon.tz)["overridden_by"]["until"] is not None
+    assert school.ac("ac-101a").power_on is True
+    # the local operator, then facility staff: one tier, the later wins, and the answer is true
+    loc = await daemon.control.ask(Ask("ac-101b", {"setpoint_c": 26}, Source.LOCAL, "local:root"))
+    assert loc.ok
+    fac = await daemon.control.ask(Ask("ac-101b", {"setpoint_c": 28}, Source.FACILITY, "facility:F2"))
+    assert fac.ok
+    assert fac.overridden_by is None
+    assert school.ac("ac-101b").setpoint_c == 28.0
+    # release: the facility request goes, the teacher's wish (off) comes back
+    rel = await daemon.control.release("ac-101a", Source.FACILITY, "facility:F1")
+    assert rel.ok
+    assert school.ac("ac-101a").power_on is False
+
+
 async def test_door_unlock_relocks_in_hardware(site: tuple[VirtualSchool, Daemon]) -> None:
     school, daemon = site
-    await daemon.unlock("door-401", 1.0)
+    code, body = await local(daemon, "/devices/door-401/unlock", {"seconds": 1})
+    assert code == 200, body
     assert school.relay("relay-1")[0] is True
     await until(lambda: school.relay("relay-1")[0] is False, within=5, what="the board to re-lock by itself")
+    for seconds in (0, 601, "5", True):
+        code, body = await local(daemon, "/devices/door-401/unlock", {"seconds": seconds})
+        assert body["code"] == "out_of_range", seconds
+    # a safety hold keeps the door shut whoever asks
+    await daemon.arbiter.submit(Request("door-401", Source.SAFETY, {"on": False}, daemon.clock.time() + 60, "test"))
+    code, body = await local(daemon, "/devices/door-401/unlock", {"seconds": 5})
+    assert (body["status"], body["code"]) == ("rejected", "forbidden")
+    assert body["overridden_by"]["source"] == "safety"
+    assert school.relay("relay-1")[0] is False
 
 
 async def test_a_silent_device_goes_offline_then_comes_back(site: tuple[VirtualSchool, Daemon]) -> None:
@@ -119,8 +248,10 @@ async def test_a_silent_device_goes_offline_then_comes_back(site: tuple[VirtualS
     assert msg.payload["code"] == "offline"
     # the others on the same line keep being read
     await until(lambda: daemon.states["meter-main"]["online"] is True, what="meter still online")
-    out = await daemon.command("ac-401a", {"power_on": True}, source=_local())
-    assert out.code == "device_offline"
+    out = await daemon.control.ask(Ask("ac-401a", {"power_on": True}, Source.LOCAL, "local:test"))
+    assert (out.status, out.code) == ("failed", "device_offline")
+    _code, body = await local(daemon, "/devices/ac-401a", {"set": {"power_on": True}})
+    assert body["code"] == "device_offline"
     school.set_fault("ac-401a", None)
     await until(lambda: daemon.states["ac-401a"]["online"] is True, within=20, what="ac-401a back")
     daemon.bus.unsubscribe(events)
@@ -136,12 +267,6 @@ async def test_ac_fault_code_becomes_a_fault_event(site: tuple[VirtualSchool, Da
         got.append(events.queue.get_nowait().payload)
     assert any(e["kind"] == "fault" and e["device"] == "ac-101b" and e["code"] == "17" for e in got)
     daemon.bus.unsubscribe(events)
-
-
-def _local() -> Any:
-    from edge.core.arbiter import Source
-
-    return Source.LOCAL
 
 
 async def test_the_first_published_state_is_complete(tmp_path: Path) -> None:

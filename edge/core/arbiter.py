@@ -1,10 +1,11 @@
 """The arbiter: the only writer to actuators.
 
 Every actuator has one effective desired state, resolved field by field from requests by source
-priority (safety > EMS > facility/local > booking/schedule > teacher > default), each request with
-an optional expiry. When a higher source lets go, the next one's wish comes back: if the EMS
-sheds a room for ten minutes, the teacher's request returns; if nobody had asked for anything,
-the state from before the override is restored.
+priority (safety > EMS > facility/local > booking > schedule > teacher > default), each request
+with an expiry (the control entry, `edge.core.control`, gives every request one). When a higher
+source lets go, the next one's wish comes back: if the EMS sheds a room for ten minutes, the
+teacher's request returns; if nobody had asked for anything, the state from before the override
+is restored. A request whose write fails is withdrawn (`submit` answers the failure).
 
 It also enforces the compressor's minimum off time itself (DOMAIN.md section 4): an AC switched
 off is never commanded on again within `min_off_s`; the start is deferred, not dropped.
@@ -16,28 +17,31 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, Protocol
 
 from edge.core.clock import Clock, SystemClock
+from edge.core.driver import ApplyError
 from edge.core.store import Store
 
 log = logging.getLogger(__name__)
 
 MIN_OFF_S = 180.0  # split units refuse a restart within 3 minutes (Panasonic/Haier service manuals)
-MAX_DOOR_UNLOCK_S = 600.0  # the longest one command may hold a door open
 
 
 class Source(IntEnum):
-    """Who asks; the value is the priority."""
+    """Who asks; the value is the priority. One request per source and actuator: a later one replaces it."""
 
     DEFAULT = 0
     RESTORE = 1  # what an actuator was doing before an override; dropped once the override ends
     TEACHER = 20
     SCHEDULE = 40
+    BOOKING = 50
     FACILITY = 60
-    LOCAL = 61
+    # The operator at the gateway acts as facility staff: one tier, so the later of the two wins
+    # (an alias: Source.LOCAL is Source.FACILITY; the requester says who it was).
+    LOCAL = 60
     EMS = 80
     SAFETY = 100
 
@@ -52,21 +56,24 @@ class Request:
     ts: float = 0.0
 
 
-class ApplyError(Exception):
-    """An actuator could not be driven; `code` is a result code of CONTRACT.md section 3."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class Actuators(Protocol):
     async def apply(self, actuator: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
         """Write `fields`, read them back, return the verified values; raise ApplyError."""
 
+    async def pulse(self, actuator: str, seconds: float) -> None:
+        """A hardware-timed on-pulse (a door's unlock); raise ApplyError."""
+
     def actual(self, actuator: str) -> Mapping[str, Any]:
         """The actuator's last known state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A higher-priority request that keeps a field at another value than the one asked for."""
+
+    source: Source
+    until: float | None
+    requester: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,7 @@ class Outcome:
     effective: Mapping[str, Any]
     verified: Mapping[str, Any]
     deferred_until: float | None = None
+    held: Mapping[str, Holder] = field(default_factory=dict)   # asked-for fields a higher source keeps
 
 
 @dataclass
@@ -100,7 +108,6 @@ class Arbiter:
         self._min_off = min_off or (lambda _a: 0.0)
         self._state: dict[str, _Actuator] = {}
         self._wake = asyncio.Event()
-        self.on_change: Callable[[str, Mapping[str, Any]], None] | None = None
         if store is not None:
             for actuator, source, fields, expires, requester, ts in store.load_requests():
                 try:
@@ -137,10 +144,55 @@ class Arbiter:
             self._remember_restore_point(req)
         req = Request(req.actuator, req.source, dict(req.fields), req.expires, req.requester,
                       req.ts or self._clock.time())
+        previous = st.requests.get(req.source)
         st.requests[req.source] = req
         self._persist(req)
         self._wake.set()
-        return await self.reconcile(req.actuator, focus=set(req.fields))
+        out = await self.reconcile(req.actuator, focus=set(req.fields))
+        if not out.ok:
+            # a request that could not be carried out is withdrawn, not kept to be applied later unannounced
+            self._restore(req.actuator, req.source, previous)
+            return out
+        held = self.holders(req.actuator, req.source, req.fields)
+        return replace(out, held=held) if held else out
+
+    def _restore(self, actuator: str, source: Source, previous: Request | None) -> None:
+        st = self._a(actuator)
+        if previous is None:
+            st.requests.pop(source, None)
+            if self._store is not None:
+                self._store.delete_request(actuator, source.name)
+        else:
+            st.requests[source] = previous
+            self._persist(previous)
+
+    def holders(self, actuator: str, source: Source, fields: Mapping[str, Any]) -> dict[str, Holder]:
+        """For each of `fields`, the live higher-priority request that keeps it at another value."""
+        out: dict[str, Holder] = {}
+        now = self._clock.time()
+        for k, v in fields.items():
+            for src in sorted(self._a(actuator).requests, reverse=True):
+                if src <= source:
+                    break
+                r = self._a(actuator).requests[src]
+                if (r.expires is None or r.expires > now) and k in r.fields:
+                    if r.fields[k] != v:
+                        out[k] = Holder(src, r.expires, r.requester)
+                    break
+        return out
+
+    async def pulse(self, actuator: str, source: Source, seconds: float) -> Outcome:
+        """A timed pulse (a door's unlock), unless a higher source holds the actuator off (a lockdown)."""
+        held = self.holders(actuator, source, {"on": True})
+        if held:
+            h = held["on"]
+            return Outcome(False, "forbidden", f"{actuator} is held closed by {h.source.name.lower()}",
+                           self.effective(actuator), {}, held=held)
+        try:
+            await self._act.pulse(actuator, seconds)
+        except ApplyError as exc:
+            return Outcome(False, exc.code, exc.message, self.effective(actuator), {})
+        return Outcome(True, "ok", f"pulsed for {seconds:g} s", self.effective(actuator), {"on": True})
 
     async def set_baseline(self, actuator: str, fields: Mapping[str, Any], requester: str) -> Outcome:
         """Switch once (a schedule): replace what teachers and defaults asked for these fields."""
@@ -221,13 +273,13 @@ class Arbiter:
             elif todo.get("power_on") is True:
                 st.off_since = None
             self._drop_applied_restore_point(actuator, st)
-            if self.on_change is not None:
-                self.on_change(actuator, want)
             msg = "applied" if deferred is None else f"applied; start deferred {deferred - self._clock.time():.0f} s"
             return Outcome(True, "ok", msg, want, verified, deferred)
 
     def _defer_start(self, actuator: str, st: _Actuator, todo: dict[str, Any]) -> float | None:
-        if todo.get("power_on") is not True or st.off_since is None:
+        # any true value is a start (1, "on" ...): the control entry lets only booleans through, and
+        # should anything else slip in, deferring it is the safe side
+        if not todo.get("power_on") or st.off_since is None:
             st.deferred_until = None
             return None
         allowed = st.off_since + self._min_off(actuator)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.core.schedule import parse_days
 
@@ -159,6 +160,33 @@ class ScheduleEntry(_M):
         return v
 
 
+def runtime_dir() -> Path:
+    """systemd's RuntimeDirectory= (exported as $RUNTIME_DIRECTORY), else /run/campus-edge."""
+    return Path(os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/run/campus-edge")
+
+
+class ControlConfig(_M):
+    """The one way in (`edge.core.control`): policies every source obeys, and the local operator's socket."""
+
+    setpoint_min_c: float = Field(26.0, ge=10, le=35, description="Ministry of Education classroom policy: 26-28 °C")
+    setpoint_max_c: float = Field(28.0, ge=10, le=35)
+    min_off_s: float = Field(180.0, ge=0, le=1800, description="compressor minimum off time before a restart")
+    max_unlock_s: float = Field(600.0, gt=0, le=3600, description="the longest one request may hold a door open")
+    day_end: str = Field("18:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
+                         description="requests of teachers, staff, the local operator and bookings hold until then")
+    socket: Path = Field(default_factory=lambda: runtime_dir() / "control.sock",
+                         description="local control (campus-edge set): a Unix socket, mode 0660;"
+                                     " default $RUNTIME_DIRECTORY/control.sock (systemd), else /run/campus-edge")
+    socket_group: str | None = Field(None, description="group that may use local control (default: the daemon's)")
+    max_connections: int = Field(8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _range(self) -> ControlConfig:
+        if self.setpoint_min_c > self.setpoint_max_c:
+            raise ValueError("setpoint_min_c is above setpoint_max_c")
+        return self
+
+
 class SimulationConfig(_M):
     """Knobs of the virtual school (`campus-edge simulate`); ignored by the daemon."""
 
@@ -185,6 +213,7 @@ class Config(_M):
     ems: EmsConfig | None = None
     schedules: list[ScheduleEntry] = Field(default_factory=list)
     simulation: SimulationConfig = SimulationConfig()
+    control: ControlConfig = Field(default_factory=ControlConfig)
     status_port: int = Field(8765, ge=0, le=65535, description="loopback HTTP status API (0 = any free port)")
 
     # -- look-ups used everywhere ---------------------------------------------------------------

@@ -328,6 +328,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     storage = data.get("storage")
     if isinstance(storage, dict) and "path" in storage:
         storage["path"] = fix(storage["path"])
+    control = data.get("control")
+    if isinstance(control, dict) and "socket" in control:
+        control["socket"] = fix(control["socket"])
     cloud = data.get("cloud")
     if isinstance(cloud, dict):
         if isinstance(cloud.get("command_keys"), list):
