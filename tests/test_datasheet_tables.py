@@ -13,6 +13,8 @@ Raw words are written in hex where the bit pattern matters: 0xFFE7 is int16 -25,
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,15 @@ from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from drivers.modbus import transport
 from drivers.modbus.planner import DeviceSpec, plan
-from drivers.modbus.profile import Point, Rejected, decode, encode, load_profile
+from drivers.modbus.profile import (
+    Point,
+    ProfileError,
+    Rejected,
+    decode,
+    encode,
+    load_profile,
+    load_profile_file,
+)
 from drivers.modbus.waveshare import FlashRequest, flash_steps
 
 COOLMASTER = "coolmasternet"
@@ -499,3 +509,94 @@ def test_serial_defaults(profile: str, baud: int, parity: str, stopbits: int) ->
     s = load_profile(profile).serial
     assert (s.baudrate, s.parity, s.stopbits) == (baud, parity, stopbits)
 
+
+
+# =====================================================================================================
+# codec and loader rules no test pinned: mutants of drivers/modbus/profile.py that survived the suite
+# (docs/mutation.md). Generic points, so they hold for any profile a site adds.
+# =====================================================================================================
+
+
+def _generic(**fields: Any) -> Point:
+    return Point.model_validate({"field": "v", "block": "b", "access": "rw", "source": "test", **fields})
+
+
+def test_bit_field_write_replaces_the_old_code() -> None:
+    p = _generic(bits=(4, 6))
+    assert encode(p, 1) == [0x0010]  # without a current word the other bits are 0
+    assert encode(p, 1, 0xFFFF) == [0xFF9F]  # the old code (7) is cleared, not OR-ed with the new one
+    assert encode(point(DAIKIN, "fan"), "high", 0x7ABC) == [0x2ABC]  # bits 12-14 replaced, the rest kept
+
+
+@pytest.mark.parametrize(("datatype", "value", "words"), [
+    ("int32", 70000, [0x0001, 0x1170]),
+    ("int32", -70000, [0xFFFE, 0xEE90]),
+    ("uint32", 0x89ABCDEF, [0x89AB, 0xCDEF]),  # above 2**31: must not go through a signed format
+])
+def test_32_bit_integers_both_word_orders(datatype: str, value: int, words: list[int]) -> None:
+    big = _generic(datatype=datatype)
+    assert encode(big, value) == words
+    check_decode(big, words, value)
+    little = _generic(datatype=datatype, word_order="little")
+    assert encode(little, value) == words[::-1]
+    check_decode(little, words[::-1], value)
+
+
+@pytest.mark.parametrize(("scale", "value", "raw"), [(2.0, 10, 5), (0.01, 12.34, 1234), (0.5, 3.5, 7)])
+def test_other_scales(scale: float, value: float, raw: int) -> None:
+    p = _generic(scale=scale)
+    assert encode(p, value) == [raw]
+    assert decode(p, [raw]).value == pytest.approx(value)
+
+
+def test_refusals_say_what_and_why() -> None:
+    with pytest.raises(ValueError, match=r"^setpoint_c: 9\.9 outside 10\.0\.\.35\.0$"):
+        encode(point(COOLMASTER, "setpoint_c"), 9.9)
+    with pytest.raises(ValueError, match=r"^v: 1e\+39 does not fit float32$"):
+        encode(_generic(datatype="float32"), 1e39)
+    with pytest.raises(KeyError, match="no_such_field"):
+        load_profile(COOLMASTER).point("no_such_field")
+
+
+def test_index_on_a_profile_without_sub_units_is_refused() -> None:
+    prof = load_profile(SDM630)
+    assert prof.check_index(None) is None
+    assert "has no sub-units" in (prof.check_index(0) or "")
+
+
+SITE_PROFILE = """\
+name: acme-x1
+kind: ac
+vendor: {vendor}
+model: X1
+sources: ["Acme X1 manual"]
+blocks:
+  unit: {{table: holding, base: 0, size: 2}}
+points:
+  - {{field: power_on, block: unit, offset: 0, boolean: true, access: rw, source: "manual p.3"}}
+"""
+
+
+def test_an_edited_profile_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "acme-x1.yaml"
+    path.write_text(SITE_PROFILE.format(vendor="Acme"), encoding="utf-8")
+    assert load_profile("acme-x1", [tmp_path]).vendor == "Acme"
+    path.write_text(SITE_PROFILE.format(vendor="Acme Corp"), encoding="utf-8")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a later mtime, however coarse
+    assert load_profile("acme-x1", [tmp_path]).vendor == "Acme Corp"
+
+
+def test_profile_errors_name_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "acme-x1.yaml"
+    path.write_text("- just\n- a list\n", encoding="utf-8")
+    with pytest.raises(ProfileError, match="a profile must be a mapping"):
+        load_profile_file(path)
+    two = SITE_PROFILE.format(vendor="Acme").replace("kind: ac", "kind: heater").replace("table: holding", "table: x")
+    path.write_text(two, encoding="utf-8")
+    with pytest.raises(ProfileError, match=r"kind: Input should be .*; blocks\.unit\.table: Input should be"):
+        load_profile_file(path)
+    twice = SITE_PROFILE.format(vendor="Acme") + SITE_PROFILE.format(vendor="Acme").splitlines()[-1] + "\n"
+    path.write_text(twice, encoding="utf-8")
+    with pytest.raises(ProfileError, match=r": \(top\): Value error, point 'power_on' defined twice"):
+        load_profile_file(path)
