@@ -113,7 +113,7 @@ async def test_out_of_range_and_unknown_codes_are_rejected_and_warned_once(caplo
     image.holding[16 + 6] = 900  # room temperature 90.0 degC: outside -10..60
     image.holding[16 + 0] = 9  # mode code 9: not in the map
     server = Server([image])
-    caplog.set_level(logging.WARNING, logger="drivers.modbus.engine")
+    caplog.set_level(logging.WARNING, logger="drivers.modbus.polling")
     async with server.tcp():
         rec = Recorder()
         async with ModbusBus(tcp(server), [spec], rec) as bus:
