@@ -17,7 +17,7 @@ SVC_USER=campus-edge
 DESTDIR="${DESTDIR:-}"
 ETC_DIR="$DESTDIR/etc/campus-edge"
 UNIT_PATH="$DESTDIR/etc/systemd/system/$SERVICE.service"
-EXAMPLE="$APP_DIR/config/example-school.yaml"
+EXAMPLE="$APP_DIR/config/site.example.yaml"  # a small school with production paths; not the demo's virtual one
 START=no
 
 for arg in "$@"; do
@@ -65,7 +65,7 @@ else
   [ -s "$EXAMPLE" ] || die "$EXAMPLE is missing or empty"
   install -m 0640 "$EXAMPLE" "$ETC_DIR/config.yaml"
   staging || chown root:"$SVC_USER" "$ETC_DIR/config.yaml"
-  say "created $ETC_DIR/config.yaml from the example: edit it for this school"
+  say "created $ETC_DIR/config.yaml from config/site.example.yaml: edit it for this school"
 fi
 
 # 3. the unit, pointed at this checkout
