@@ -14,6 +14,7 @@ from typing import Any
 
 from cloud_sync.lineproto import Point
 from edge.core.config import Config, ModbusDevice, RelayChannel
+from edge.core.model import Kind
 
 # Sampling. Meters feed demand analysis (15-min blocks): 10 s keeps the shape of a compressor start
 # at 8,640 points a day. Classroom AC: room temperature moves over minutes and a change of on/off
@@ -79,9 +80,9 @@ def devices_of(cfg: Config) -> dict[str, Device]:
     for d in cfg.devices:
         room = getattr(d, "room", None)
         where = {"room": room, "room_name": names.get(room or "")}
-        if isinstance(d, ModbusDevice) and d.kind == "meter":
+        if isinstance(d, ModbusDevice) and d.kind == Kind.METER:
             out[d.id] = Device("meter", "meter", {**site, "device": d.id})
-        elif isinstance(d, ModbusDevice) and d.kind == "ac":
+        elif isinstance(d, ModbusDevice) and d.kind == Kind.AC:
             out[d.id] = Device("ac", "ac", {**site, "device": d.id, **where})
         elif isinstance(d, RelayChannel):
             out[d.id] = Device("relay", "relay", {**site, "device": d.id, "kind": d.kind, **where})

@@ -12,6 +12,7 @@ from cloud_sync.checks import cloud_file_checks
 from drivers.modbus.checks import framing_warnings, profile_checks
 from edge.core.config import BeaconScanner, Config, RfidReader
 from edge.core.loader import load_config as _load
+from edge.core.model import Kind
 
 CHECKS = (profile_checks, cloud_file_checks)
 
@@ -27,5 +28,5 @@ def config_warnings(cfg: Config) -> list[str]:
     for dev in cfg.devices:
         if isinstance(dev, RfidReader | BeaconScanner):
             out.append(f"devices.{dev.id}: kind {dev.kind} is accepted but not implemented yet:"
-                       f" nothing reads this {'reader' if dev.kind == 'rfid' else 'scanner'}")
+                       f" nothing reads this {'reader' if dev.kind == Kind.RFID else 'scanner'}")
     return out

@@ -28,7 +28,7 @@ from edge.core.control import Ask, Control, Result
 from edge.core.driver import PULSE, ApplyError, Driver, DriverFactory
 from edge.core.events import EventBus, Message
 from edge.core.model import CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blank_state
-from edge.core.schedule import ScheduleRunner
+from edge.core.schedule import ScheduleRunner, fields_for
 from edge.core.store import Store
 from edge.http import HttpServer
 
@@ -225,8 +225,7 @@ class Daemon:
         await self._driver(actuator).pulse(actuator, seconds)
 
     async def _fire_schedule(self, entry: str, target: str, fields: dict[str, Any], hold_s: float | None) -> None:
-        if self.kinds.get(target) != Kind.AC and "power_on" in fields:
-            fields = {"on": fields.pop("power_on"), **fields}
+        fields = fields_for(self.kinds[target], fields)
         requester = f"schedule:{entry}"
         if hold_s:
             out = await self.control.ask(Ask(target, fields, Source.SCHEDULE, requester, hold_s))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.core.config import Config, ModbusDevice, RelayChannel
+from edge.core.model import Kind
 
 
 def _ac_cell(st: dict[str, Any] | None) -> str:
@@ -36,7 +37,7 @@ def render_status(body: dict[str, Any], cfg: Config | None) -> str:
         room = getattr(d, "room", None)
         if room is None:
             continue
-        if isinstance(d, ModbusDevice) and d.kind == "ac":
+        if isinstance(d, ModbusDevice) and d.kind == Kind.AC:
             acs.setdefault(room, []).append(d.id)
         elif isinstance(d, RelayChannel):
             on = devices.get(d.id, {}).get("on")
@@ -50,7 +51,7 @@ def render_status(body: dict[str, Any], cfg: Config | None) -> str:
         cells = [_ac_cell(devices.get(i)) for i in ids[:2]] + [""] * (2 - min(2, len(ids)))
         lines.append(f"{room.id:6} {room.name[:8]:8} {cells[0]:22} {cells[1]:22} {' '.join(others.get(room.id, []))}")
     for d in cfg.modbus_devices():
-        if d.kind == "meter":
+        if d.kind == Kind.METER:
             st = devices.get(d.id, {})
             if st.get("online"):
                 kw = (st.get("power_w") or 0) / 1000

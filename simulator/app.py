@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from drivers.modbus.profile import ProfileError, load_profile
 from edge.core.clock import Clock, ScaledClock
 from edge.core.config import Config, ModbusDevice, RtuBus, TcpBus
+from edge.core.model import Kind
 from simulator.physics import (
     AcSnapshot,
     ChannelSpec,
@@ -60,10 +61,10 @@ def site_spec(cfg: Config) -> SiteSpec:
     top = max((r.floor for r in cfg.rooms), default=1)
     rooms = {r.id: RoomParams(area_m2=r.area_m2, west_facing=r.west_facing, top_floor=r.floor == top,
                               pupils=r.pupils) for r in cfg.rooms}
-    acs = {d.id: d.room for d in cfg.modbus_devices() if d.kind == "ac"}
+    acs = {d.id: d.room for d in cfg.modbus_devices() if d.kind == Kind.AC}
     relays = {}
     for d in cfg.modbus_devices():
-        if d.kind == "relay":
+        if d.kind == Kind.RELAY:
             relays[d.id] = load_profile(d.profile, cfg.profile_dirs).channels or 8
     channels = tuple(ChannelSpec(c.relay, c.channel, c.kind, c.room) for c in cfg.relay_channels())
     sim = cfg.simulation
@@ -109,9 +110,9 @@ class VirtualSchool:
             profile = load_profile(dev.profile, self.cfg.profile_dirs)
         except ProfileError as exc:
             raise ServerConfigError(f"device {dev.id}: {exc}") from exc
-        if dev.kind == "ac":
+        if dev.kind == Kind.AC:
             return AcModel(dev, profile, self.physics.acs[dev.id])
-        if dev.kind == "meter":
+        if dev.kind == Kind.METER:
             return MeterModel(dev, profile, self.physics)
         return RelayModel(dev, profile, self.physics.relays[dev.id])
 

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Literal
 
+from edge.core.model import AcMode, FanSpeed, Kind
 from simulator.timetable import away_lessons, occupied, pupil_heat_w
 
-Mode = Literal["cool", "heat", "dry", "fan", "auto"]
-Fan = Literal["auto", "low", "medium", "high"]
-ChannelKind = Literal["light", "fan", "door"]
+Mode = AcMode                    # the AC vocabulary is the core's (edge.core.model), written once
+Fan = FanSpeed
+ChannelKind = Literal[Kind.LIGHT, Kind.FAN, Kind.DOOR]
 
-MODES: tuple[Mode, ...] = ("cool", "heat", "dry", "fan", "auto")
-FANS: tuple[Fan, ...] = ("auto", "low", "medium", "high")
+MODES: tuple[Mode, ...] = tuple(AcMode)
+FANS: tuple[Fan, ...] = tuple(FanSpeed)
 
 MAX_SUBSTEP_S = 10.0  # air node time constant is ~350 s: 10 s explicit steps are stable and accurate
 
@@ -53,7 +54,7 @@ SUN_ROOF_W = 900.0  # top floor: sun on the roof slab
 SUN_TO_MASS = 0.7
 
 # Relay-driven loads (per channel): a classroom's lights, its ceiling fans, a door strike
-CHANNEL_W: dict[ChannelKind, float] = {"light": 420.0, "fan": 240.0, "door": 8.0}
+CHANNEL_W: dict[ChannelKind, float] = {Kind.LIGHT: 420.0, Kind.FAN: 240.0, Kind.DOOR: 8.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +188,9 @@ class AcUnit:
     def __init__(self, params: AcParams, *, sensor_offset_c: float = 0.0) -> None:
         self.params = params
         self.power_on = False
-        self.mode: Mode = "cool"
+        self.mode: Mode = AcMode.COOL
         self.setpoint_c = 26.0
-        self.fan: Fan = "auto"
+        self.fan: Fan = FanSpeed.AUTO
         self.fault_code = 0
         self.sensor_offset_c = sensor_offset_c
         self.compressor_on = False

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import free_port, until
 
 from edge.cli import main as cli_main
+from edge.config import load_config
 from edge.core.arbiter import Request, Source
 from edge.core.config import Config
 from edge.core.control import Ask
+from edge.core.loader import ConfigError
 from edge.daemon import Daemon
 from edge.http import get_json
 from simulator.app import VirtualSchool
@@ -286,3 +289,64 @@ async def test_the_first_published_state_is_complete(tmp_path: Path) -> None:
     assert None not in meter["voltage_v"]
     assert all(first[ac]["room_temp_c"] is not None and first[ac]["fault"] is None
                for ac in ("ac-101a", "ac-101b", "ac-401a"))
+
+
+# -- schedules through the daemon -----------------------------------------------------------------------
+def schedule_config(tmp: Path, port: int) -> Config:
+    base = school_config(tmp, port).model_dump(mode="json", exclude_none=True)
+    base["schedules"] = [
+        {"id": "open-401", "at": "07:30", "days": "daily", "targets": ["401"], "set": {"power_on": True}},
+        {"id": "cool-101", "at": "12:00", "days": "daily", "targets": ["ac-101a"],
+         "set": {"power_on": True, "setpoint_c": 27}, "hold_min": 30},
+    ]
+    return Config.model_validate(base)
+
+
+async def test_schedules_switch_once_or_hold_and_never_drive_a_door(tmp_path: Path) -> None:
+    cfg = schedule_config(tmp_path, free_port())
+    async with VirtualSchool(cfg) as school, Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        entries = {e[0]: e for e in daemon.schedules.entries}
+        assert sorted(entries["open-401"][3]) == ["ac-401a", "light-401"]   # the room's door is not a target
+        await daemon.schedules._fire(list(entries).index("open-401"))
+        assert school.ac("ac-401a").power_on is True
+        assert school.relay("relay-1")[1] is True      # the light
+        assert school.relay("relay-1")[0] is False     # the door stays locked
+        # hold 0 switches once: a teacher may change it right after
+        out = await daemon.control.ask(Ask("light-401", {"on": False}, Source.TEACHER, "teacher:T1"))
+        assert out.ok
+        assert out.overridden_by is None
+        assert school.relay("relay-1")[1] is False
+        # hold > 0 holds at schedule priority: the teacher is told who holds it and until when
+        await daemon.schedules._fire(list(entries).index("cool-101"))
+        assert (school.ac("ac-101a").power_on, school.ac("ac-101a").setpoint_c) == (True, 27.0)
+        out = await daemon.control.ask(Ask("ac-101a", {"setpoint_c": 26}, Source.TEACHER, "teacher:T1"))
+        assert out.ok
+        assert out.overridden_by is not None
+        assert out.overridden_by.source == Source.SCHEDULE
+        assert out.overridden_by.until is not None
+        assert 1790 < out.overridden_by.until - daemon.clock.time() <= 1800
+        assert school.ac("ac-101a").setpoint_c == 27.0
+
+
+def test_a_schedule_that_names_only_a_door_is_a_config_error(tmp_path: Path) -> None:
+    base = school_config(tmp_path, 1).model_dump(mode="json", exclude_none=True)
+    base["schedules"] = [{"id": "x", "at": "07:00", "targets": ["door-401"], "set": {"power_on": True}}]
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    with pytest.raises(ConfigError, match="names no AC, light or fan"):
+        load_config(path)
+
+
+def test_a_schedule_with_a_bad_value_is_a_config_error(tmp_path: Path) -> None:
+    base = school_config(tmp_path, 1).model_dump(mode="json", exclude_none=True)
+    base["schedules"] = [{"id": "x", "at": "07:00", "targets": ["101"], "set": {"setpoint_c": 18}},
+                         {"id": "y", "at": "07:00", "targets": ["light-401"], "set": {"power_on": "off"}}]
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "schedules[0].set" in text
+    assert "outside the policy range" in text
+    assert "schedules[1].set" in text

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from drivers.modbus.profile import ProfileError, load_profile
 from edge.core.config import Config, ModbusDevice, RelayChannel, RtuBus
 from edge.core.loader import Loc
+from edge.core.model import Kind
 
 
 def profile_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
@@ -22,14 +23,14 @@ def profile_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
             except ProfileError as exc:
                 yield ("devices", i, "profile"), str(exc)
                 continue
-            if prof.kind != dev.kind:
-                yield ("devices", i, "kind"), f"profile {dev.profile} is for kind {prof.kind!r}, not {dev.kind!r}"
+            if Kind(prof.kind) != dev.kind:
+                yield ("devices", i, "kind"), f"profile {dev.profile} is for kind '{prof.kind}', not '{dev.kind}'"
             why = prof.check_index(dev.index)
             if why:
                 yield ("devices", i, "index"), why
         elif isinstance(dev, RelayChannel):
             board = by_id.get(dev.relay)
-            if not isinstance(board, ModbusDevice) or board.kind != "relay":
+            if not isinstance(board, ModbusDevice) or board.kind != Kind.RELAY:
                 continue  # reported by the core's own checks
             try:
                 channels = load_profile(board.profile, cfg.profile_dirs).channels or 0

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge.core.model import Kind
 from edge.core.schedule import parse_days
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -91,7 +92,7 @@ class Room(_M):
 
 class ModbusDevice(_M):
     id: Id
-    kind: Literal["ac", "meter", "relay"]
+    kind: Literal[Kind.AC, Kind.METER, Kind.RELAY]
     profile: str
     bus: Id
     unit: int = Field(ge=0, le=247)
@@ -109,7 +110,7 @@ class ModbusDevice(_M):
 
 class RelayChannel(_M):
     id: Id
-    kind: Literal["light", "fan", "door"]
+    kind: Literal[Kind.LIGHT, Kind.FAN, Kind.DOOR]
     relay: Id
     channel: int = Field(ge=0, le=63)
     room: Id | None = None
@@ -118,7 +119,7 @@ class RelayChannel(_M):
 
 class RfidReader(_M):
     id: Id
-    kind: Literal["rfid"]
+    kind: Literal[Kind.RFID]
     port: str
     framing: Literal["rdm6300", "wiegand26", "wiegand34", "line"]
     purpose: Literal["gate", "door", "health"]
@@ -129,7 +130,7 @@ class RfidReader(_M):
 
 class BeaconScanner(_M):
     id: Id
-    kind: Literal["beacon_scanner"]
+    kind: Literal[Kind.BEACON_SCANNER]
     adapter: str | None = None
     away_s: float = Field(180.0, gt=0)
     name: str = ""
@@ -229,8 +230,8 @@ class Config(_M):
         Doors are never schedule targets: they open only by a timed unlock that re-locks in hardware.
         """
         writable = [d for d in self.devices
-                    if (isinstance(d, ModbusDevice) and d.kind == "ac")
-                    or (isinstance(d, RelayChannel) and d.kind != "door")]
+                    if (isinstance(d, ModbusDevice) and d.kind == Kind.AC)
+                    or (isinstance(d, RelayChannel) and d.kind != Kind.DOOR)]
         if target.startswith("kind:"):
             return [d.id for d in writable if d.kind == target[5:]]
         if any(d.id == target for d in writable):

@@ -19,6 +19,9 @@ import yaml
 from pydantic import ValidationError
 
 from edge.core.config import Config, ModbusDevice, RelayChannel, RfidReader, RtuBus
+from edge.core.control import Refused, validate_fields
+from edge.core.model import Kind, writable
+from edge.core.schedule import fields_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class ConfigError(Exception):
 
 
 Loc = tuple[str | int, ...]
+_ENUM_REPR = re.compile(r"<\w+\.\w+: '([^']*)'>")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -246,7 +250,7 @@ def _pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int]
         loc: Loc = tuple(err["loc"])
         # discriminated unions add the tag ('ac', 'tcp') to the path: drop it for a readable path
         clean: Loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
-        msg = err["msg"]
+        msg = _ENUM_REPR.sub(r"'\1'", err["msg"])  # <Kind.AC: 'ac'> -> 'ac': what the file says
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         out.append(ConfigProblem(file, _line_for(clean, lines), _fmt_loc(clean), msg))
@@ -289,11 +293,11 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
                 units_seen[key] = i
         elif isinstance(dev, RelayChannel):
             board = by_id.get(dev.relay)
-            if not isinstance(board, ModbusDevice) or board.kind != "relay":
+            if not isinstance(board, ModbusDevice) or board.kind != Kind.RELAY:
                 yield ("devices", i, "relay"), f"{dev.relay!r} is not a relay board device"
         elif isinstance(dev, RfidReader) and dev.purpose == "door":
             door = by_id.get(dev.door) if dev.door else None
-            if not isinstance(door, RelayChannel) or door.kind != "door":
+            if not isinstance(door, RelayChannel) or door.kind != Kind.DOOR:
                 yield ("devices", i, "door"), f"a door reader needs `door:` naming a door device ({dev.door!r} is not)"
     relay_chan: dict[tuple[str, int], str] = {}
     for i, dev in enumerate(cfg.devices):
@@ -302,18 +306,34 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
             if k in relay_chan:
                 yield ("devices", i, "channel"), f"channel {dev.channel} of {dev.relay} already used by {relay_chan[k]}"
             relay_chan[k] = dev.id
+    kinds = {d.id: Kind(d.kind) for d in cfg.devices}
     for i, entry in enumerate(cfg.schedules):
+        named: set[Kind] = set()
         for j, target in enumerate(entry.targets):
-            if not cfg.actuators_for(target):
+            found = cfg.actuators_for(target)
+            if not found:
                 yield ("schedules", i, "targets", j), (
                     f"{target!r} names no AC, light or fan (device, room or kind:KIND)")
+            named |= {kinds[a] for a in found}
+        unused = set(entry.set) - {k for kind in named for k in writable(kind)} - {"power_on"}
+        if named and unused:
+            yield ("schedules", i, "set"), f"{', '.join(sorted(unused))}: no target of this entry has it"
+        for kind in sorted(named):
+            # the same models and policies the schedule will meet when it fires (edge.core.control)
+            fields = fields_for(kind, dict(entry.set))
+            if not fields:
+                continue
+            try:
+                validate_fields(kind, fields, cfg.control)
+            except Refused as exc:
+                yield ("schedules", i, "set"), f"for the {kind} targets: {exc.message}"
     rtu_buses = {b.id for b in cfg.buses if isinstance(b, RtuBus)}
     for i, dev in enumerate(cfg.devices):
         if isinstance(dev, ModbusDevice) and dev.bus in rtu_buses and dev.unit == 0:
             yield ("devices", i, "unit"), "unit 0 is the RS-485 broadcast address: use 1..247"
     if cfg.ems is not None:
         meter = by_id.get(cfg.ems.meter)
-        if not isinstance(meter, ModbusDevice) or meter.kind != "meter":
+        if not isinstance(meter, ModbusDevice) or meter.kind != Kind.METER:
             yield ("ems", "meter"), f"{cfg.ems.meter!r} is not a meter device"
 
 

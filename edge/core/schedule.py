@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from edge.core.clock import Clock
+from edge.core.model import Kind, writable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,15 @@ def next_fire(at: tuple[int, int], days: frozenset[int], after: float, tz: ZoneI
             return cand.timestamp()
         day += timedelta(days=1)
     raise ValueError("no day selected")
+
+
+def fields_for(kind: Kind, wanted: dict[str, object]) -> dict[str, object]:
+    """What an entry's `set` means for a device of `kind`: `power_on` switches a light or fan too;
+    fields a kind does not have are left out (a room's lights take no setpoint)."""
+    fields = dict(wanted)
+    if kind != Kind.AC and "power_on" in fields:
+        fields["on"] = fields.pop("power_on")
+    return {k: v for k, v in fields.items() if k in writable(kind)}
 
 
 MAX_SLEEP_S = 60.0  # re-read the wall clock at least this often
