@@ -6,8 +6,8 @@ them. Then, one write at a time to a random unit, a setpoint change (26 <-> 27 Â
 really changes something) is timed through three paths:
 
 - `engine`:  ModbusEngine.write (FC06 + read-back until verified), no arbiter;
-- `arbiter`: Daemon.command(..., Source.LOCAL): arbiter request (persisted) -> engine -> verified;
-- `http`:    POST /devices/ID {"setpoint_c": ...} on the local status API (client in the same loop).
+- `arbiter`: Daemon.control.ask(... Source.LOCAL): the control entry -> arbiter (persisted) -> engine -> verified;
+- `http`:    POST /devices/ID {"set": {"setpoint_c": ...}} on the local control socket (client in the same loop).
 
 Each path returns only after the value was read back from the device. A random pause of 0-50 ms
 between writes spreads them over the poll cycle.
@@ -38,8 +38,10 @@ from _common import (
     summary_ms,
 )
 
+from drivers.modbus.driver import ModbusDriver
 from edge.config import load_config
 from edge.core.arbiter import Source
+from edge.core.control import Ask
 from edge.daemon import Daemon
 from edge.http import get_json
 
@@ -51,6 +53,7 @@ def write_config(path: Path, port: int) -> None:
     lines = [
         'site: {school_id: "000000", gateway_id: gw-bench, timezone: Asia/Taipei}',
         f"storage: {{path: {path.parent / 'state'}}}",
+        f"control: {{socket: {path.parent / 'control.sock'}}}",
         "buses:",
         f"  - {{id: ac-bus, type: tcp, host: 127.0.0.1, port: {port}, timeout_s: 1.0}}",
         "rooms:",
@@ -74,7 +77,6 @@ async def run(cfg_path: Path, writes: int, paths: list[str], seed: int) -> dict[
     rng = random.Random(seed)
     out: dict[str, Any] = {}
     async with Daemon(cfg, status_port=0) as d:
-        port = d.http.port
         ids = [f"ac-{va:03d}" for va in range(1, UNITS + 1)]
         t_start = time.monotonic()
         while not all(d.states.get(i, {}).get("online") for i in ids):
@@ -83,17 +85,20 @@ async def run(cfg_path: Path, writes: int, paths: list[str], seed: int) -> dict[
             await asyncio.sleep(0.1)
         out["all_online_after_s"] = round(time.monotonic() - t_start, 2)
         await asyncio.sleep(AC_POLL_S)  # one more full cycle before timing
-        assert d.modbus is not None
-        bus = d.modbus.buses[0]
+        driver = d.drivers[0]
+        assert isinstance(driver, ModbusDriver)
+        engine = driver.engine
+        bus = engine.buses[0]
 
         async def one(path: str, dev: str, value: float) -> tuple[bool, str]:
             if path == "engine":
-                got = await d.modbus.write(dev, {"setpoint_c": value})  # type: ignore[union-attr]
+                got = await engine.write(dev, {"setpoint_c": value})
                 return abs(got["setpoint_c"] - value) < 0.05, "ok"
             if path == "arbiter":
-                res = await d.command(dev, {"setpoint_c": value}, Source.LOCAL, requester="bench")
-                return res.ok and "setpoint_c" in res.verified, res.code
-            code, body = await get_json("127.0.0.1", port, f"/devices/{dev}", body={"setpoint_c": value}, wait_s=15)
+                res = await d.control.ask(Ask(dev, {"setpoint_c": value}, Source.LOCAL, "local:bench"))
+                return res.ok and res.overridden_by is None, res.code
+            code, body = await get_json("localhost", 0, f"/devices/{dev}", body={"set": {"setpoint_c": value}},
+                                        wait_s=15, unix=d.cfg.control.socket)
             return code == 200 and body.get("status") == "ok", str(body.get("code"))
 
         for path in paths:
