@@ -189,6 +189,81 @@ def test_waveshare_coils() -> None:
         assert prof.address(p.block, p.offset) == ch
 
 
+# --- capabilities: the timed pulse -------------------------------------------------------------------
+
+
+def pulse_board(**pulse: Any) -> dict[str, Any]:
+    """The Waveshare profile as another vendor's four-channel board, with some pulse fields changed."""
+    data: dict[str, Any] = yaml.safe_load((PROFILE_DIR / "waveshare-relay-8ch.yaml").read_text(encoding="utf-8"))
+    data.update(name="acme-relay-4ch", vendor="Acme", model="R4", channels=4)
+    data["blocks"]["coils"]["size"] = 4
+    data["points"] = data["points"][:4]
+    data["pulse"].update(pulse)
+    return data
+
+
+def test_the_relay_board_declares_its_pulse_and_the_others_do_not() -> None:
+    relay = load_profile("waveshare-relay-8ch")
+    assert relay.pulse is not None
+    assert (relay.pulse.function, relay.pulse.on_address, relay.pulse.off_address) == (5, 0x0200, 0x0400)
+    assert (relay.pulse.step_s, relay.pulse.max_steps) == (0.1, 0xFFFF)
+    assert relay.flash  # the older name the simulator reads
+    for name in ("coolmasternet", "eastron-sdm630"):
+        assert load_profile(name).pulse is None
+        assert not load_profile(name).flash
+
+
+@pytest.mark.parametrize("pulse", [
+    {"off_address": None},  # a board that can only pulse on
+    {"on_address": 0x0200, "off_address": 0x0204},  # four channels each, side by side
+    {"on_address": 0x0204, "off_address": 0x0200},
+    {"on_address": 0xFFFC, "off_address": 0},  # channel 3 at the last address
+])
+def test_a_pulse_declaration_at_the_edges_is_accepted(pulse: dict[str, Any]) -> None:
+    data = pulse_board(**pulse)
+    data["pulse"] = {k: v for k, v in data["pulse"].items() if v is not None}
+    declared = Profile.model_validate(data).pulse
+    assert declared is not None
+    assert (declared.on_address, declared.off_address) == (data["pulse"]["on_address"], pulse.get("off_address", 0x400))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"channels": None}, "needs `channels`"),
+    ({"pulse": {"on_address": 0x0200, "off_address": 0x0203}}, "ranges overlap"),
+    ({"pulse": {"on_address": 0x0203, "off_address": 0x0200}}, "ranges overlap"),
+    ({"pulse": {"on_address": 0xFFFD}}, "on_address: 4 channels from it run past 0xFFFF"),
+    ({"pulse": {"off_address": 0xFFFD}}, "off_address: 4 channels from it run past 0xFFFF"),
+    ({"pulse": {"function": 6}}, "pulse.function"),
+    ({"pulse": {"step_s": 0}}, "pulse.step_s"),
+    ({"pulse": {"max_steps": 0x10000}}, "pulse.max_steps"),
+    ({"pulse": {"source": ""}}, "pulse.source"),
+    ({"pulse": {"colour": "red"}}, "pulse.colour"),
+    ({"flash": True}, "flash"),  # the key pulse replaced
+])
+def test_a_bad_pulse_declaration_is_refused(change: dict[str, Any], message: str) -> None:
+    data = pulse_board()
+    for key, value in change.items():
+        if key == "pulse":
+            data["pulse"].update(value)
+        elif value is None:
+            del data[key]
+        else:
+            data[key] = value
+    with pytest.raises(ValueError, match=message):
+        Profile.model_validate(data)
+
+
+def test_the_schema_knows_the_pulse() -> None:
+    validator = jsonschema.Draft202012Validator(json.loads(schema.SCHEMA_PATH.read_text(encoding="utf-8")))
+    assert list(validator.iter_errors(json.loads(json.dumps(pulse_board())))) == []
+    bad = pulse_board(function=6, step_s=-1)
+    bad["pulse"].pop("source")
+    errors = list(validator.iter_errors(json.loads(json.dumps(bad))))
+    assert ["/".join(map(str, e.absolute_path)) for e in errors] == ["pulse"]  # neither a Pulse nor null...
+    why = {("/".join(map(str, e.absolute_path)), e.validator) for e in errors[0].context or []}
+    assert why >= {("pulse", "required"), ("pulse/function", "const"), ("pulse/step_s", "exclusiveMinimum")}
+
+
 # --- codec ------------------------------------------------------------------------------------------
 
 

@@ -123,6 +123,16 @@ def _sub_units(profile: Profile) -> str:
             f"(plus the device's `offset`, default 0): {blocks}")
 
 
+def _pulse(profile: Profile) -> str:
+    pulse = profile.pulse
+    assert pulse is not None
+    words = f"FC{pulse.function:02d} to `0x{pulse.on_address:04X}` + channel (on)"
+    if pulse.off_address is not None:
+        words += f" or `0x{pulse.off_address:04X}` + channel (off)"
+    return (f"{words}, value = time in {pulse.step_s:g} s steps, up to {pulse.max_steps * pulse.step_s:g} s; "
+            f"the relay turns back in hardware after the time, even if the gateway dies ({_cell(pulse.source)})")
+
+
 def profile_section(profile: Profile) -> list[str]:
     """Markdown for one profile."""
     out = [f"## {profile.vendor} {profile.model}", ""]
@@ -136,8 +146,8 @@ def profile_section(profile: Profile) -> list[str]:
     ]
     if profile.channels is not None:
         out.append(f"- Relay channels: {profile.channels} (`channel: 0..{profile.channels - 1}`)")
-    if profile.flash:
-        out.append("- Timed flash: yes (a relay turns back in hardware after the time, even if the gateway dies)")
+    if profile.pulse is not None:
+        out.append(f"- Timed pulse: {_pulse(profile)}")
     out.append("- Sources: " + "; ".join(_cell(s) for s in profile.sources))
     out += ["", "| field | table | address | datatype | scale / unit | values | access | source |",
             "|---|---|---|---|---|---|---|---|"]

@@ -128,6 +128,19 @@ class Serial(_Strict):
     stopbits: Literal[1, 2] = 1
 
 
+class Pulse(_Strict):
+    """A timed pulse the device runs itself: one write switches a channel, the device switches it back."""
+
+    function: Literal[5] = Field(description="function code of the pulse write: FC05 with free address and value words")
+    on_address: int = Field(ge=0, le=0xFFFF,
+                            description="address word that switches channel 0 on for the time; channel n adds n")
+    off_address: int | None = Field(None, ge=0, le=0xFFFF,
+                                    description="address word that switches channel 0 off for the time, if it can")
+    step_s: float = Field(gt=0, description="the value word counts the time in these units")
+    max_steps: int = Field(0xFFFF, ge=1, le=0xFFFF, description="the longest time the value word holds, in steps")
+    source: str = Field(min_length=3, description="datasheet reference for this command")
+
+
 class Profile(_Strict):
     """A device model's complete register map."""
 
@@ -141,7 +154,7 @@ class Profile(_Strict):
     limits: Limits = Limits()
     sub_units: SubUnits | None = None
     channels: int | None = Field(None, ge=1, description="relay channels (relay boards)")
-    flash: bool = Field(False, description="supports the Waveshare timed flash command")
+    pulse: Pulse | None = Field(None, description="a relay channel can be switched for a time by one write")
     blocks: dict[str, Block]
     points: list[Point] = Field(min_length=1)
 
@@ -162,7 +175,26 @@ class Profile(_Strict):
                 raise ValueError(f"point {p.field!r}: datatype bool goes with coil/discrete tables only")
             if p.writable and blk.table in ("input", "discrete") and p.write_block is None:
                 raise ValueError(f"point {p.field!r}: writable but its block is read-only")
+        if self.pulse is not None:
+            self._check_pulse(self.pulse)
         return self
+
+    def _check_pulse(self, pulse: Pulse) -> None:
+        if self.channels is None:
+            raise ValueError("pulse: needs `channels`")
+        spans = [(name, base, base + self.channels - 1)
+                 for name, base in (("on_address", pulse.on_address), ("off_address", pulse.off_address))
+                 if base is not None]
+        for name, _first, last in spans:
+            if last > 0xFFFF:
+                raise ValueError(f"pulse.{name}: {self.channels} channels from it run past 0xFFFF")
+        if len(spans) == 2 and spans[0][1] <= spans[1][2] and spans[1][1] <= spans[0][2]:
+            raise ValueError("pulse: on_address and off_address ranges overlap")
+
+    @property
+    def flash(self) -> bool:
+        """Older name of `pulse is not None`, still read by the simulator and tests/record_frames.py."""
+        return self.pulse is not None
 
     def point(self, field: str) -> Point:
         for p in self.points:
