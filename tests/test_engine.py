@@ -334,7 +334,7 @@ async def test_slow_and_dead_units_with_long_timeouts_never_drop_the_shared_conn
 # -- RTU over a pty and the multi-bus engine -----------------------------------------------------
 
 
-async def test_rtu_over_a_pty_polls_writes_and_flashes(tmp_path: Path) -> None:
+async def test_rtu_over_a_pty_polls_writes_and_pulses(tmp_path: Path) -> None:
     specs = acs(4, poll_s=0.3)
     relay = DeviceSpec("relay", RELAY, 2, poll_s=0.3)
     server = Server([ac_unit(specs), Unit(2).fill(relay, {"ch1": True})])
@@ -352,7 +352,7 @@ async def test_rtu_over_a_pty_polls_writes_and_flashes(tmp_path: Path) -> None:
             assert await engine.write("ac4", {"fan": "high"}) == {"fan": "high"}
             assert await engine.write("relay", {"ch5": True}) == {"ch5": True}
             assert (await server.get(2, 1, 0, 8))[5] is True
-            await engine.flash("relay", 2, seconds=0.3)
+            await engine.pulse("relay", 2, 0.3)
             assert (await server.get(2, 1, 2, 1)) == [True]
             await wait_for(lambda: rec.state("relay")["ch2"] is True, timeout_s=2.0)
             await wait_for(lambda: rec.state("relay")["ch2"] is False, timeout_s=3.0)
@@ -407,13 +407,14 @@ async def test_engine_from_config_routes_devices_to_their_buses() -> None:
             assert [b.bus.id for b in engine.buses] == ["ac-bus", "relays"]
             await wait_for(lambda: all(engine.online(d) for d in ("ac1", "ac2", "relay-1")))
             assert await engine.write("relay-1", {"ch0": True}) == {"ch0": True}
-            await engine.flash("relay-1", 7, on=True, seconds=0.5)
+            await engine.pulse("relay-1", 7, 0.5, on=True)
+            await engine.flash("relay-1", 6, seconds=0.5)  # the older name still pulses
             assert await engine.write("ac2", {"power_on": False}) == {"power_on": False}
             with pytest.raises(WriteError) as err:
-                await engine.flash("ac1", 0)
+                await engine.pulse("ac1", 0, 5.0)
             assert err.value.code == "bad_request"
             with pytest.raises(WriteError) as err:
-                await engine.flash("relay-1", 8)
+                await engine.pulse("relay-1", 8, 5.0)
             assert err.value.code == "out_of_range"
             with pytest.raises(WriteError) as err:
                 await engine.write("nope", {"on": True})
@@ -421,9 +422,10 @@ async def test_engine_from_config_routes_devices_to_their_buses() -> None:
             await asyncio.sleep(0.5)
             stats = engine.stats()
             assert set(stats) == {"ac-bus", "relays"}
-            assert stats["relays"]["flashes"] == 1
+            assert stats["relays"]["pulses"] == 2
             assert stats["ac-bus"]["devices"]["ac1"]["poll_period_s"]["n"] >= 1
-        assert relay_server.keys(1, 5) >= {(0, 0), (0x0207, 0)}  # plain FC05 to coil 0, flash of relay 7
+        # plain FC05 to coil 0, pulses of relays 7 and 6
+        assert relay_server.keys(1, 5) >= {(0, 0), (0x0207, 0), (0x0206, 0)}
 
 
 # -- installer tools --------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 `ModbusBus` owns one line (an RTU port or one TCP connection) and its devices.  Its loops run in
 one TaskGroup: `connect` (reconnects with jittered backoff), `poll` (queues the reads the `Poller`
 finds due; a read that is still queued is not queued again) and `io` (runs the queue, writes and
-flashes first).  Health and backoff live in `health`, the read schedule in `polling`, write
-composition in `compose` and read-back in `verify`.
+pulses first).  Health and backoff live in `health`, the read schedule in `polling`, write
+composition in `compose`, read-back in `verify` and the timed pulse in `pulse`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from drivers.modbus.health import BACKOFF_JITTER, Health
 from drivers.modbus.model import GuardedSink, Sink, WriteError
 from drivers.modbus.planner import DeviceSpec, ReadRequest
 from drivers.modbus.polling import Poller
+from drivers.modbus.pulse import CoilWord, pulse_words
 from drivers.modbus.state import BusContext, DeviceState, period_stats
 from drivers.modbus.transport import DeviceException, Disconnected, TransportError
 from drivers.modbus.verify import NotHeld, verify
-from drivers.modbus.waveshare import FlashRequest, FlashResponse, flash_steps
 from edge.core.backoff import Backoff
 from edge.core.clock import Clock, SystemClock
 from edge.core.config import RtuBus, TcpBus
@@ -47,7 +47,7 @@ POLL_PRIORITY = 1
 
 
 class ModbusBus:
-    """Polls, writes and flashes the devices of one bus; an async context manager."""
+    """Polls, writes and pulses the devices of one bus; an async context manager."""
 
     def __init__(self, bus: TcpBus | RtuBus, devices: Iterable[DeviceSpec], sink: Sink, *,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
@@ -78,8 +78,8 @@ class ModbusBus:
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> ModbusBus:
         self._client = transport.make_client(self.bus, self._timeout(self._devices))
-        if any(d.spec.profile.flash for d in self._devices.values()):
-            self._client.register(FlashResponse)
+        if any(d.spec.profile.pulse is not None for d in self._devices.values()):
+            self._client.register(CoilWord)
         self._started = asyncio.get_running_loop().time()
         self._poller.replan()
         self._tg = asyncio.TaskGroup()
@@ -256,7 +256,7 @@ class ModbusBus:
         self._poller.deliver(request, data)
         return data
 
-    # -- writes and flashes ----------------------------------------------------------------------
+    # -- writes and pulses -----------------------------------------------------------------------
     def _device(self, device_id: str) -> DeviceState:
         try:
             return self._devices[device_id]
@@ -295,20 +295,22 @@ class ModbusBus:
                 self._counts["verify_failures"] += 1
                 raise
 
-    async def flash(self, device_id: str, channel: int, *, on: bool = True, seconds: float = 5.0) -> None:
-        """Waveshare timed flash: the board turns `channel` back after `seconds` by itself."""
+    async def pulse(self, device_id: str, channel: int, seconds: float, *, on: bool = True) -> None:
+        """Switch `channel` on (or off) for `seconds`; the board switches it back by itself (profile `pulse`)."""
         dev = self._device(device_id)
         profile = dev.spec.profile
-        if not profile.flash:
-            raise WriteError("bad_request", f"{device_id} ({profile.name}) has no timed flash")
+        if profile.pulse is None:
+            raise WriteError("bad_request", f"{device_id} ({profile.name}) declares no timed pulse")
         if not 0 <= channel < (profile.channels or 0):
             raise WriteError("out_of_range", f"{device_id} has no channel {channel}")
+        if not on and profile.pulse.off_address is None:
+            raise WriteError("bad_request", f"{device_id} ({profile.name}) cannot pulse a channel off")
         try:
-            steps = flash_steps(seconds)
+            address, value = pulse_words(profile.pulse, channel, seconds, on=on)
         except ValueError as exc:
             raise WriteError("out_of_range", str(exc)) from None
         self._require_online(dev)
-        request = FlashRequest(relay=channel, on=on, steps=steps, dev_id=dev.spec.unit)
+        request = CoilWord(address, value, dev_id=dev.spec.unit)
         timeout = self._timeout([device_id])
 
         async def run(client: transport.Client) -> Any:
@@ -317,12 +319,12 @@ class ModbusBus:
         try:
             response = await self._submit(run)
         except DeviceException as exc:
-            raise WriteError("write_failed", f"{device_id}: flash refused ({exc})") from exc
+            raise WriteError("write_failed", f"{device_id}: pulse refused ({exc})") from exc
         except TransportError as exc:
-            raise WriteError("device_offline", f"{device_id}: {exc.kind} during flash") from exc
-        if not isinstance(response, FlashResponse) or not response.echoes(request):
-            raise WriteError("write_failed", f"{device_id}: flash echo does not match the request")
-        self._counts["flashes"] += 1
+            raise WriteError("device_offline", f"{device_id}: {exc.kind} during pulse") from exc
+        if not isinstance(response, CoilWord) or (response.address, response.value) != (address, value):
+            raise WriteError("write_failed", f"{device_id}: pulse echo does not match the request")
+        self._counts["pulses"] += 1
 
     # -- stats -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -337,7 +339,7 @@ class ModbusBus:
             "requests_per_s": self._counts["requests"] / elapsed,
             "errors": errors,
             "writes": self._counts["writes"],
-            "flashes": self._counts["flashes"],
+            "pulses": self._counts["pulses"],
             "verify_failures": self._counts["verify_failures"],
             "rejected": self._poller.rejected,
             "connects": self._counts["connects"],

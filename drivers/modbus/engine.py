@@ -1,7 +1,7 @@
 """The Modbus engine: every bus of a site, and the one entry that routes a device id to its bus.
 
 The work is done per bus by `drivers.modbus.bus.ModbusBus` (scheduler, loops), with `polling`,
-`health`, `compose` and `verify` beside it.  The names callers use are re-exported here.
+`health`, `compose`, `verify` and `pulse` beside it.  The names callers use are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["DeviceHealth", "ModbusBus", "ModbusEngine", "Reading", "Sink", "Writ
 
 
 class ModbusEngine:
-    """Every bus of a site; routes writes and flashes to the bus that owns the device."""
+    """Every bus of a site; routes writes and pulses to the bus that owns the device."""
 
     def __init__(self, buses: Iterable[tuple[TcpBus | RtuBus, Sequence[DeviceSpec]]], sink: Sink, *,
                  clock: Clock | None = None, rng: random.Random | None = None) -> None:
@@ -42,7 +42,7 @@ class ModbusEngine:
         return cls([(b, specs[b.id]) for b in config.buses if specs[b.id]], sink, clock=clock)
 
     def profile(self, device_id: str) -> Profile:
-        """The register map a device is driven by."""
+        """The register map a device is driven by (`profile(d).pulse` says whether it can pulse)."""
         return self.bus_of(device_id).spec(device_id).profile
 
     async def __aenter__(self) -> ModbusEngine:
@@ -65,8 +65,13 @@ class ModbusEngine:
     async def write(self, device_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
         return await self.bus_of(device_id).write(device_id, values)
 
+    async def pulse(self, device_id: str, channel: int, seconds: float, *, on: bool = True) -> None:
+        """Switch a relay channel on (or off) for `seconds`; the board switches it back by itself."""
+        await self.bus_of(device_id).pulse(device_id, channel, seconds, on=on)
+
     async def flash(self, device_id: str, channel: int, *, on: bool = True, seconds: float = 5.0) -> None:
-        await self.bus_of(device_id).flash(device_id, channel, on=on, seconds=seconds)
+        """Older name of `pulse`, kept for its callers (the daemon, the Modbus driver)."""
+        await self.pulse(device_id, channel, seconds, on=on)
 
     def online(self, device_id: str) -> bool:
         return self.bus_of(device_id).online(device_id)

@@ -61,7 +61,7 @@ class GuardedSink:
 
 
 class WriteError(Exception):
-    """A write or flash was not carried out; `code` is the CONTRACT result code."""
+    """A write or pulse was not carried out; `code` is the CONTRACT result code."""
 
     def __init__(self, code: WriteErrorCode, message: str) -> None:
         self.code = code

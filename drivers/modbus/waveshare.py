@@ -1,11 +1,10 @@
-"""Waveshare relay board's timed flash: FC05 whose data is [0x02 on | 0x04 off, relay, time in 100 ms].
+"""Waveshare Modbus RTU Relay, the board's side: its FC05 values and addresses, and a server PDU that behaves like it.
 
-The board turns the relay back by itself when the time is up, so a door strike re-locks even if
-the gateway dies.  pymodbus' write_coil only sends 0xFF00/0x0000, hence these PDU classes:
-``FlashRequest`` (client side), ``FlashResponse`` (registered on the client with
-``client.register``; it also decodes plain FC05 echoes, so ordinary coil writes keep working) and
-``WaveshareCoilRequest`` (``custom_pdu`` for a server that behaves like the board).  The board's
-FC05 values and addresses are exported here for every other model of the board (the simulator).
+The engine does not use this module: it pulses any board whose profile declares `pulse:`
+(drivers/modbus/pulse.py).  Here are the board's own words for the simulator and the test servers:
+the timed flash is FC05 whose data is [0x02 on | 0x04 off, relay, time in 100 ms]; ``FlashRequest``
+builds it from those parts, ``FlashResponse`` is any FC05 echo that can check one, and
+``WaveshareCoilRequest`` is the ``custom_pdu`` of a server that behaves like the board.
 """
 
 from __future__ import annotations
@@ -15,11 +14,12 @@ import struct
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.pdu.bit_message import WriteSingleCoilResponse
+
+from drivers.modbus.pulse import CoilWord
 
 __all__ = [
     "ALL_RELAYS_ADDRESS", "COIL_FLIP", "COIL_OFF", "COIL_ON", "FLASH_OFF", "FLASH_ON", "FLASH_STEP_S",
-    "MAX_FLASH_STEPS", "RELAY_CHANNELS", "FlashRequest", "FlashResponse", "WaveshareCoilRequest", "flash_steps",
+    "MAX_FLASH_STEPS", "RELAY_CHANNELS", "FlashRequest", "FlashResponse", "WaveshareCoilRequest",
 ]
 
 # FC05 value words
@@ -33,14 +33,6 @@ FLASH_OFF = 0x04
 FLASH_STEP_S = 0.1  # ...and the value word counts the flash time in 100 ms units
 MAX_FLASH_STEPS = 0xFFFF
 RELAY_CHANNELS = 8
-
-
-def flash_steps(seconds: float) -> int:
-    """Flash time in board units; ValueError outside what the two data bytes hold."""
-    steps = round(seconds / FLASH_STEP_S)
-    if not 1 <= steps <= MAX_FLASH_STEPS:
-        raise ValueError(f"flash time {seconds} s outside {FLASH_STEP_S}..{MAX_FLASH_STEPS * FLASH_STEP_S:g} s")
-    return steps
 
 
 class FlashRequest(ModbusPDU):
@@ -70,19 +62,8 @@ class FlashRequest(ModbusPDU):
         self.on = command == FLASH_ON
 
 
-class FlashResponse(WriteSingleCoilResponse):
+class FlashResponse(CoilWord):
     """Any FC05 echo: keeps the raw address and value words, so a flash echo can be checked."""
-
-    def __init__(self, address: int = 0, value: int = 0, dev_id: int = 0, transaction_id: int = 0) -> None:
-        super().__init__(address=address, bits=[bool(value)], dev_id=dev_id, transaction_id=transaction_id)
-        self.value = value
-
-    def encode(self) -> bytes:
-        return struct.pack(">HH", self.address, self.value)
-
-    def decode(self, data: bytes) -> None:
-        self.address, self.value = struct.unpack(">HH", data[:4])
-        self.bits = [bool(self.value)]
 
     def echoes(self, request: FlashRequest) -> bool:
         return self.address == (request.command << 8 | request.relay) and self.value == request.steps
