@@ -29,7 +29,7 @@ from edge.core.config import Config, RelayChannel
 from edge.core.control import REJECTED_CODES, Ask, Control, Result
 from edge.core.events import EventBus
 from edge.core.model import Kind
-from edge.core.store import Store
+from edge.core.store import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ class Dispatcher:
             return self._result(cmd, "rejected", "bad_request", f"unknown action {cmd.action!r}")
         if wait_online_s > 0:
             await self._wait_online(self._devices(cmd), wait_online_s)
-        return await handler(cmd)
+        try:
+            return await handler(cmd)
+        except StorageError as exc:  # a document that is not on disk is never answered ok
+            return self._result(cmd, "failed", "storage_full", str(exc))
 
     # -- actuators -------------------------------------------------------------------------------
     def _room_acs(self, room: str) -> list[str]:

@@ -51,7 +51,8 @@ class Daemon:
         self.started_at = self.clock.time()
         self.tz = ZoneInfo(cfg.site.timezone)
         self.bus = EventBus()
-        self.store = Store(Path(cfg.storage.path) / "state.db")
+        self.store = Store(Path(cfg.storage.path) / "state.db", on_error=self._storage_error)
+        self._storage_failing = False
         self.cloud: Any = None
         self.telemetry: Any = None
         self.drivers: list[Driver] = []
@@ -134,6 +135,10 @@ class Daemon:
             await stack.aclose()
             raise
         self._exit = stack
+        if self.store.set_aside is not None:
+            a = self.store.set_aside
+            self.on_event("storage", {"database": a.path.name, "action": "set_aside", "moved_to": str(a.moved_to),
+                                      "reason": a.reason, "lost": "device states and held requests"})
         for warning in config_warnings(self.cfg):
             log.warning("config: %s", warning)
         for dev_id in self.unowned:
@@ -166,7 +171,16 @@ class Daemon:
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            await asyncio.to_thread(self.store.flush)
+            wrote = await asyncio.to_thread(self.store.flush)
+            if self._storage_failing and (wrote or not self.store.pending()):
+                self._storage_failing = False
+                self.on_event("storage", {"database": "state.db", "action": "recovered"})
+
+    def _storage_error(self, what: str) -> None:
+        """A state-store write failed (a full disk): control goes on from memory; one event per outage."""
+        if not self._storage_failing:
+            self._storage_failing = True
+            self.on_event("storage", {"database": "state.db", "action": "write_failed", "message": what})
 
     # -- the drivers' sink -----------------------------------------------------------------------
     def on_state(self, device_id: str, state: DeviceState, online: bool, ts: float) -> None:
