@@ -132,7 +132,7 @@ class ModbusDriver:
 
     def capabilities(self, device_id: str) -> frozenset[str]:
         ch = self._channel.get(device_id)
-        if ch is not None and self._profiles[ch.device.relay].channels:  # FIXME(pulse capability): from the profile
+        if ch is not None and self._profiles[ch.device.relay].pulse is not None:
             return frozenset({"pulse"})
         return frozenset()
 
@@ -163,7 +163,7 @@ class ModbusDriver:
         if ch is None or "pulse" not in self.capabilities(device_id):
             raise ApplyError("bad_request", f"{device_id} cannot pulse")
         try:
-            await self.engine.flash(ch.device.relay, ch.device.channel, on=True, seconds=seconds)
+            await self.engine.pulse(ch.device.relay, ch.device.channel, seconds)
         except WriteError as exc:
             raise ApplyError(exc.code, str(exc)) from exc
 
