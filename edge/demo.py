@@ -23,6 +23,7 @@ from types import FrameType, TracebackType
 
 import yaml
 
+from cloud_sync.keys import generate_keypair
 from edge.config import load_config
 from edge.core.config import Config
 from edge.http import get_json
@@ -164,8 +165,6 @@ def _say(text: str, *, err: bool = False) -> None:
 
 def _site_with_cloud(cfg_path: Path, workdir: Path, broker_port: int) -> tuple[Path, Path]:
     """The demo config: the example school plus a cloud link to the private broker and a fresh key."""
-    from cloud_sync.keys import generate_keypair
-
     priv, pub = workdir / "keys" / "cloud-ed25519.pem", workdir / "keys" / "cloud-ed25519.pub"
     pub.parent.mkdir()
     generate_keypair(priv, pub)
