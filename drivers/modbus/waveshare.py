@@ -3,8 +3,9 @@
 The engine does not use this module: it pulses any board whose profile declares `pulse:`
 (drivers/modbus/pulse.py).  Here are the board's own words for the simulator and the test servers:
 the timed flash is FC05 whose data is [0x02 on | 0x04 off, relay, time in 100 ms]; ``FlashRequest``
-builds it from those parts, ``FlashResponse`` is any FC05 echo that can check one, and
-``WaveshareCoilRequest`` is the ``custom_pdu`` of a server that behaves like the board.
+builds it from those parts (``flash_steps`` converts the time), ``FlashResponse`` is any FC05 echo
+that can check one, and ``WaveshareCoilRequest`` is the ``custom_pdu`` of a server that behaves
+like the board.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from drivers.modbus.pulse import CoilWord
 
 __all__ = [
     "ALL_RELAYS_ADDRESS", "COIL_FLIP", "COIL_OFF", "COIL_ON", "FLASH_OFF", "FLASH_ON", "FLASH_STEP_S",
-    "MAX_FLASH_STEPS", "RELAY_CHANNELS", "FlashRequest", "FlashResponse", "WaveshareCoilRequest",
+    "MAX_FLASH_STEPS", "RELAY_CHANNELS", "FlashRequest", "FlashResponse", "WaveshareCoilRequest", "flash_steps",
 ]
 
 # FC05 value words
@@ -33,6 +34,14 @@ FLASH_OFF = 0x04
 FLASH_STEP_S = 0.1  # ...and the value word counts the flash time in 100 ms units
 MAX_FLASH_STEPS = 0xFFFF
 RELAY_CHANNELS = 8
+
+
+def flash_steps(seconds: float) -> int:
+    """Flash time in board units; ValueError outside what the two data bytes hold."""
+    steps = round(seconds / FLASH_STEP_S)
+    if not 1 <= steps <= MAX_FLASH_STEPS:
+        raise ValueError(f"flash time {seconds} s outside {FLASH_STEP_S}..{MAX_FLASH_STEPS * FLASH_STEP_S:g} s")
+    return steps
 
 
 class FlashRequest(ModbusPDU):
