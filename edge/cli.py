@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with Daemon(cfg, status_port=args.status_port) as d:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, d.stop)
             print(f"READY status=127.0.0.1:{d.http.port}", flush=True)
             await d.wait()
