@@ -42,13 +42,13 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_sync.retry import downward_backoff
 from edge.core.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5      # first retry after a lost connection
 BACKOFF_MAX_S = 30.0     # cap: a broker down for an hour sees one attempt per ~30 s per gateway
-BACKOFF_FACTOR = 2.0
 BACKOFF_JITTER = 0.5     # each wait is drawn from [1 - JITTER, 1] x the step: 500 gateways don't stampede
 STABLE_S = 10.0          # a connection that lived this long resets the backoff
 CONNECT_TIMEOUT_S = 10.0
@@ -161,20 +161,16 @@ class Counters:
 
 
 class Backoff:
-    """Waits of min, x2, x4 ... capped at max, each drawn from [1 - JITTER, 1] x the step."""
+    """Reconnect waits of min, x2, x4 ... capped at max, each drawn from [1 - JITTER, 1] x the step."""
 
     def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.min_s, self.max_s = min_s, max_s
-        self._step = min_s
-        self._rng = rng or random.Random()
+        self._retry = downward_backoff(min_s, max_s, BACKOFF_JITTER, rng)
 
     def next(self) -> float:
-        d = self._step
-        self._step = min(self.max_s, d * BACKOFF_FACTOR)
-        return d * self._rng.uniform(1.0 - BACKOFF_JITTER, 1.0)
+        return self._retry.fail(time.monotonic())
 
     def reset(self) -> None:
-        self._step = self.min_s
+        self._retry.reset()
 
 
 Session = Callable[[aiomqtt.Client], Awaitable[None]]

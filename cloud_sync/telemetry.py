@@ -26,7 +26,6 @@ import contextlib
 import email.utils
 import http.client
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from urllib.parse import urlencode, urlsplit
 
 from cloud_sync.lineproto import Point, encode_body, make_point
 from cloud_sync.outbox import Outbox
+from cloud_sync.retry import downward_backoff
 from cloud_sync.sampler import DEFAULT_SAMPLE_S, HEARTBEAT_S, Sampler, devices_of, state_fields, state_ts_ms
 from edge.core.clock import Clock
 from edge.core.config import Config, InfluxConfig
@@ -155,7 +155,8 @@ class TelemetryWriter:
         self.flush_s = self.influx.flush_s if flush_s is None else flush_s
         self.heartbeat_ms = round(heartbeat_s * 1000)
         self.batch_lines = batch_lines
-        self.backoff_min_s, self.backoff_max_s, self.auth_backoff_s = backoff_min_s, backoff_max_s, auth_backoff_s
+        self._retry = downward_backoff(backoff_min_s, backoff_max_s, BACKOFF_JITTER)      # 429, 5xx, network
+        self._auth_retry = downward_backoff(auth_backoff_s, auth_backoff_s, BACKOFF_JITTER)  # 401/403/404: no growth
         self.timeout_s = timeout_s
         windows = {**DEFAULT_SAMPLE_S, **(sample_s or {})}
         self._devices = devices_of(cfg)
@@ -173,7 +174,6 @@ class TelemetryWriter:
         self._tasks: asyncio.TaskGroup | None = None
         self._bg: list[asyncio.Task[None]] = []
         self._failing = False
-        self._fail_streak = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> TelemetryWriter:
@@ -317,7 +317,7 @@ class TelemetryWriter:
         self.stats_.requests += 1
         if res.outcome == "ok":
             self.stats_.bytes_sent += len(body)
-            self._fail_streak = 0
+            self._retry.reset()
             if self._failing:
                 log.info("telemetry: %s answers again", self.url)
         return res
@@ -333,11 +333,9 @@ class TelemetryWriter:
         self.stats_.last_error = f"HTTP {res.status}: {res.detail}" if res.status else res.detail
         if res.outcome == "auth":
             self._token = None  # re-read the token file: it may have been fixed
-            step = self.auth_backoff_s
+            wait = self._auth_retry.fail(time.monotonic())
         else:
-            step = min(self.backoff_max_s, self.backoff_min_s * 2 ** min(self._fail_streak, 16))
-            self._fail_streak += 1
-        wait = step * (1 - BACKOFF_JITTER * random.random())
+            wait = self._retry.fail(time.monotonic())
         if res.retry_after_s is not None:
             wait = max(wait, res.retry_after_s)
         if not self._failing or res.outcome == "auth":

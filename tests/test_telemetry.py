@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from victoria import Victoria, binary
 
 from cloud_sync.lineproto import Point, encode_body, make_point
 from cloud_sync.outbox import Outbox
+from cloud_sync.retry import downward_backoff
 from cloud_sync.sampler import Sampler, state_fields
 from cloud_sync.telemetry import TelemetryWriter, classify, parse_retry_after, post_write
 from edge.core.clock import SystemClock, iso
@@ -114,6 +116,27 @@ def test_classification_of_answers() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
     assert parse_retry_after("soon") is None
     assert parse_retry_after("99999") == 600.0
+
+
+@pytest.mark.parametrize(("min_s", "max_s", "jitter"), [(1.0, 60.0, 0.5), (0.5, 30.0, 0.5), (300.0, 300.0, 0.5),
+                                                        (1.0, 8.0, 0.2)])
+def test_retry_waits_double_cap_and_jitter_downward_only(min_s: float, max_s: float, jitter: float) -> None:
+    # telemetry's and the link's waits: edge.core.backoff, never above the step (max_s is a true cap)
+    rng = random.Random(7)
+    waits: dict[int, list[float]] = {}
+    for _ in range(500):
+        b = downward_backoff(min_s, max_s, jitter, rng)
+        for n in range(1, 10):
+            waits.setdefault(n, []).append(b.fail(0.0))
+    for n, ws in waits.items():
+        step = min(max_s, min_s * 2 ** (n - 1))
+        assert (1 - jitter) * step <= min(ws) < (1 - jitter + 0.02) * step, n   # the whole range is used
+        assert (1 - 0.02) * step < max(ws) <= step, n
+    b = downward_backoff(min_s, max_s, jitter, rng)
+    b.fail(0.0)
+    b.fail(0.0)
+    b.reset()
+    assert b.fail(0.0) <= min_s
 
 
 def test_sampler_keeps_last_value_per_window_and_writes_flips_at_once() -> None:
