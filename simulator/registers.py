@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from drivers.modbus.profile import BIT_TABLES, Point, Profile, decode, encode
-from drivers.modbus.waveshare import (
+from drivers.modbus.pulse import (
     ALL_RELAYS_ADDRESS,
     COIL_FLIP,
     COIL_OFF,

@@ -16,6 +16,15 @@ from pymodbus.pdu.bit_message import WriteSingleCoilResponse
 
 from drivers.modbus.profile import Pulse
 
+# FC05 words of relay boards, as the simulator serves them (the engine takes its pulse from the profile).
+COIL_ON = 0xFF00  # Modbus FC05 value words
+COIL_OFF = 0x0000
+COIL_FLIP = 0x5500  # Waveshare extension: toggle the relay
+ALL_RELAYS_ADDRESS = 0x00FF  # Waveshare extension: COIL_ON / COIL_OFF / COIL_FLIP every relay at once
+FLASH_ON = 0x02  # Waveshare timed flash: high byte of the address word (the low byte is the relay index)...
+FLASH_OFF = 0x04
+FLASH_STEP_S = 0.1  # ...and the value word counts the flash time in 100 ms units
+
 
 class CoilWord(WriteSingleCoilResponse):
     """FC05 with raw address and value words; the device echoes the request."""

@@ -1,11 +1,11 @@
-"""Waveshare Modbus RTU Relay, the board's side: its FC05 values and addresses, and a server PDU that behaves like it.
+"""Waveshare Modbus RTU Relay, the board's side: its timed-flash frame, and a server PDU that behaves like it.
 
 The engine does not use this module: it pulses any board whose profile declares `pulse:`
-(drivers/modbus/pulse.py).  Here are the board's own words for the simulator and the test servers:
-the timed flash is FC05 whose data is [0x02 on | 0x04 off, relay, time in 100 ms]; ``FlashRequest``
-builds it from those parts (``flash_steps`` converts the time), ``FlashResponse`` is any FC05 echo
-that can check one, and ``WaveshareCoilRequest`` is the ``custom_pdu`` of a server that behaves
-like the board.
+(drivers/modbus/pulse.py, which also holds the board's FC05 words, since the simulator may import
+that module and not this one; they are re-exported here).  The timed flash is FC05 whose data is
+[0x02 on | 0x04 off, relay, time in 100 ms]; ``FlashRequest`` builds it from those parts
+(``flash_steps`` converts the time), ``FlashResponse`` is any FC05 echo that can check one, and
+``WaveshareCoilRequest`` is the ``custom_pdu`` of a test server that behaves like the board.
 """
 
 from __future__ import annotations
@@ -16,22 +16,22 @@ import struct
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from drivers.modbus.pulse import CoilWord
+from drivers.modbus.pulse import (
+    ALL_RELAYS_ADDRESS,
+    COIL_FLIP,
+    COIL_OFF,
+    COIL_ON,
+    FLASH_OFF,
+    FLASH_ON,
+    FLASH_STEP_S,
+    CoilWord,
+)
 
 __all__ = [
     "ALL_RELAYS_ADDRESS", "COIL_FLIP", "COIL_OFF", "COIL_ON", "FLASH_OFF", "FLASH_ON", "FLASH_STEP_S",
     "MAX_FLASH_STEPS", "RELAY_CHANNELS", "FlashRequest", "FlashResponse", "WaveshareCoilRequest", "flash_steps",
 ]
 
-# FC05 value words
-COIL_ON = 0xFF00
-COIL_OFF = 0x0000
-COIL_FLIP = 0x5500  # Waveshare extension: toggle the relay
-# FC05 address words
-ALL_RELAYS_ADDRESS = 0x00FF  # Waveshare extension: COIL_ON / COIL_OFF / COIL_FLIP every relay at once
-FLASH_ON = 0x02  # timed flash: high byte of the address word (the low byte is the relay index)...
-FLASH_OFF = 0x04
-FLASH_STEP_S = 0.1  # ...and the value word counts the flash time in 100 ms units
 MAX_FLASH_STEPS = 0xFFFF
 RELAY_CHANNELS = 8
 
