@@ -105,14 +105,11 @@ def add_ctl_arguments(p: argparse.ArgumentParser) -> None:
 # -- connection ---------------------------------------------------------------------------------------
 def _target(args: argparse.Namespace) -> tuple[LinkSettings, Topics, str]:
     """(link settings, topics, audience) from --config or from --broker/--school/--gateway."""
-    from cloud_sync.link import LinkSettings, parse_url
+    from cloud_sync.link import LinkSettings, parse_url  # lazy: MQTT (aiomqtt, paho) only when a subcommand runs
 
     ident = f"campus-edge-ctl-{uuid.uuid4().hex[:8]}"
     if args.config:
-        from edge.core.loader import (
-            ConfigError,
-            load_config,  # the broker and the ids only: no profile checks needed
-        )
+        from edge.core.loader import ConfigError, load_config  # lazy: only with --config (ids, broker: no checks)
 
         try:
             cfg = load_config(args.config)
@@ -143,9 +140,9 @@ def _target(args: argparse.Namespace) -> tuple[LinkSettings, Topics, str]:
 
 
 def _client(s: LinkSettings) -> aiomqtt.Client:
-    import aiomqtt
+    import aiomqtt  # lazy: MQTT only when a subcommand runs
 
-    from cloud_sync.link import SOCKET_OPTIONS
+    from cloud_sync.link import SOCKET_OPTIONS  # lazy: as aiomqtt
 
     return aiomqtt.Client(s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
                           tls_context=s.ssl_context(), timeout=10, socket_options=SOCKET_OPTIONS,
@@ -232,9 +229,9 @@ async def watch(settings: LinkSettings, topics: Topics, args: argparse.Namespace
 
 
 def run_ctl(args: argparse.Namespace) -> int:
-    import aiomqtt
+    import aiomqtt  # lazy: MQTT only when a subcommand runs
 
-    from cloud_sync.keys import KeyFileError, generate_keypair, load_private_key, sign_command
+    from cloud_sync.keys import KeyFileError, generate_keypair, load_private_key, sign_command  # lazy: crypto
 
     try:
         if args.ctl_command == "keygen":
