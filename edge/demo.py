@@ -198,7 +198,8 @@ def run_demo(config: str | None, speed: float | None = None, duration_s: float |
 def _run(signals: _StopSignals, config: str | None, speed: float | None, duration_s: float | None) -> int:
     cfg_path = Path(config) if config else example_config()
     workdir = Path(tempfile.mkdtemp(prefix="campus-edge-demo-"))
-    env = {**os.environ, "CAMPUS_EDGE_RUN_DIR": str(workdir / "run"), "CAMPUS_EDGE_STATE_DIR": str(workdir / "state")}
+    env = {**os.environ, "CAMPUS_EDGE_RUN_DIR": str(workdir / "run"), "CAMPUS_EDGE_STATE_DIR": str(workdir / "state"),
+           "RUNTIME_DIRECTORY": str(workdir / "run")}   # the daemon's control socket lives there
     (workdir / "run").mkdir()
     os.environ.update({k: env[k] for k in ("CAMPUS_EDGE_RUN_DIR", "CAMPUS_EDGE_STATE_DIR")})
     exe = [sys.executable, "-m", "edge.cli"]
@@ -222,6 +223,8 @@ def _run(signals: _StopSignals, config: str | None, speed: float | None, duratio
             children.append(daemon)
         port = int(daemon.wait_ready().rsplit(":", 1)[1])
         _say(f"demo running: logs in {workdir}; broker 127.0.0.1:{broker_port}; status API 127.0.0.1:{port}")
+        sock = workdir / "run" / "control.sock"
+        _say(f"local control: campus-edge set ac-102a power_on=on setpoint_c=26 --socket {sock}")
         _view(cfg, port, duration_s, lambda: _teacher_switches_ac_on(site, key, env))
     except KeyboardInterrupt:
         pass
