@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import math
 import os
 import re
@@ -57,8 +56,6 @@ from cloud_sync.keys import PublicKey, key_id
 from cloud_sync.params import MAX_ID_LEN, PARAMS, AccessPut, AcSet, DoorUnlock, IdStr
 from edge.core.clock import Clock, SystemClock, iso
 from edge.core.config import Config
-
-log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_LIFETIME_S = 900.0      # exp - iat: a command is for now, not for a queue that delivers it tomorrow
