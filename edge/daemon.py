@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from edge.core.model import CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blan
 from edge.core.schedule import ScheduleRunner, fields_for
 from edge.core.store import Store
 from edge.http import HttpServer
+from edge.sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("campus_edge.daemon")
 
@@ -85,6 +87,8 @@ class Daemon:
         self.schedules = ScheduleRunner(
             [(e.id, e.at, e.days, [a for t in e.targets for a in cfg.actuators_for(t)], dict(e.set), e.hold_min)
              for e in cfg.schedules], self.tz, self.clock, self._fire_schedule)
+        self.notifier = Notifier()
+        self.watchdog_s = watchdog_interval_s()
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._bg: list[asyncio.Task[None]] = []
@@ -131,6 +135,8 @@ class Daemon:
             self._bg = [self._tasks.create_task(self.arbiter.run(), name="arbiter"),
                         self._tasks.create_task(self._flusher(), name="store-flush"),
                         self._tasks.create_task(self.schedules.run(), name="schedules")]
+            if self.watchdog_s is not None:
+                self._bg.append(self._tasks.create_task(self._watchdog(self.watchdog_s), name="watchdog"))
         except BaseException:
             await stack.aclose()
             raise
@@ -145,12 +151,15 @@ class Daemon:
             log.warning("config: device %s has no driver: nothing reads or drives it", dev_id)
         log.info("daemon started: %d devices by %d drivers, status API on 127.0.0.1:%d, local control on %s",
                  len(self.kinds), len(self.drivers), self.http.port, self.cfg.control.socket)
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
         try:
             await self._exit.aclose()
         finally:
+            self.notifier.close()
             log.info("daemon stopped")
 
     def _cancel_background(self) -> None:
@@ -175,6 +184,40 @@ class Daemon:
             if self._storage_failing and (wrote or not self.store.pending()):
                 self._storage_failing = False
                 self.on_event("storage", {"database": "state.db", "action": "recovered"})
+
+    # -- systemd -----------------------------------------------------------------------------------
+    def liveness(self, limit_s: float) -> list[str]:
+        """The critical loops that made no progress in the last `limit_s` seconds ([] when all turn)."""
+        now = time.monotonic()
+        stuck = [] if now - self.arbiter.last_turn <= limit_s else [
+            f"arbiter: no turn for {now - self.arbiter.last_turn:.0f} s"]
+        for drv in self.drivers:
+            stuck += drv.stuck(limit_s)
+        cloud_stuck = getattr(self.cloud, "stuck", None)
+        if cloud_stuck is not None:
+            stuck += cloud_stuck(limit_s)
+        return stuck
+
+    def status_line(self) -> str:
+        online = sum(1 for s in self.states.values() if s.get("online"))
+        cloud = "" if self.cloud is None else "; cloud " + ("connected" if getattr(self.cloud, "connected", False)
+                                                             else "disconnected")
+        return f"{online}/{len(self.states)} devices online{cloud}"
+
+    async def _watchdog(self, interval_s: float) -> None:
+        """Feed systemd's watchdog (WatchdogSec) only while every critical loop turns: a hung one gets us restarted."""
+        fed_last = True
+        while True:
+            await asyncio.sleep(interval_s / 3)
+            stuck = self.liveness(interval_s)
+            if stuck:
+                if fed_last:
+                    log.error("watchdog not fed: %s", "; ".join(stuck))
+                fed_last = False
+                self.notifier.notify(f"STATUS=stuck: {'; '.join(stuck)[:200]}")
+                continue
+            fed_last = True
+            self.notifier.notify("WATCHDOG=1", f"STATUS={self.status_line()}")
 
     def _storage_error(self, what: str) -> None:
         """A state-store write failed (a full disk): control goes on from memory; one event per outage."""

@@ -61,6 +61,9 @@ class FakeReader:
     def stats(self) -> Mapping[str, Any]:
         return {"frames": 1}
 
+    def stuck(self, _limit_s: float) -> list[str]:
+        return []
+
     def tap(self, reader: str, card: str) -> None:
         self.sink.on_event("card", {"reader": reader, "card": card, "purpose": "gate"})
 

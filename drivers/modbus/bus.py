@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -44,6 +45,7 @@ STOP_RECANCEL_S = 0.5
 STOP_RECANCEL_TRIES = 20
 WRITE_PRIORITY = 0
 POLL_PRIORITY = 1
+TURN_S = 5.0  # the poll loop turns at least this often, so the watchdog can tell a live loop from a hung one
 
 
 class ModbusBus:
@@ -74,6 +76,8 @@ class ModbusBus:
         self._started = 0.0
         self._counts: Counter[str] = Counter()
         self._max_queue = 0
+        self._poll_turn = time.monotonic()
+        self._job_since: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> ModbusBus:
@@ -170,21 +174,38 @@ class ModbusBus:
 
     async def _poll_loop(self) -> None:
         while True:
-            await self._connected.wait()
+            self._poll_turn = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TURN_S):   # a disconnected bus still shows a live loop
+                    await self._connected.wait()
+            if not self._connected.is_set():
+                continue
             self._wake.clear()
             ready, next_at = self._poller.due(self._now())
             for poll in ready:
                 self._queue.put_nowait((POLL_PRIORITY, next(self._seq), functools.partial(self._poller.run, poll)))
                 self._max_queue = max(self._max_queue, self._queue.qsize())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_at - self._now())):
+                async with asyncio.timeout(min(TURN_S, max(0.0, next_at - self._now()))):
                     await self._wake.wait()
+
+    def stuck(self, now: float, limit_s: float) -> str | None:
+        """Why this bus's loops look hung (for the watchdog), or None while they turn."""
+        if now - self._poll_turn > limit_s:
+            return f"bus {self.bus.id}: poll loop silent for {now - self._poll_turn:.0f} s"
+        if self._job_since is not None and now - self._job_since > limit_s:
+            return f"bus {self.bus.id}: one transaction running for {now - self._job_since:.0f} s"
+        return None
 
     async def _io_loop(self) -> None:
         me = asyncio.current_task()
         while True:
             _prio, _seq, job = await self._queue.get()
-            await job()
+            self._job_since = time.monotonic()
+            try:
+                await job()
+            finally:
+                self._job_since = None
             # Python 3.11's asyncio.wait_for (inside pymodbus' execute) swallows a cancel that lands
             # just as the answer arrives; without this check the bus would never stop.
             if me is not None and me.cancelling():

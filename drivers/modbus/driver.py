@@ -170,6 +170,9 @@ class ModbusDriver:
     def stats(self) -> Mapping[str, Any]:
         return self.engine.stats()
 
+    def stuck(self, limit_s: float) -> list[str]:
+        return self.engine.stuck(limit_s)
+
     # -- the engine's sink ------------------------------------------------------------------------
     def on_reading(self, r: Reading) -> None:
         vals = self._values.setdefault(r.device_id, {})

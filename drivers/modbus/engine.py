@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -75,6 +76,11 @@ class ModbusEngine:
 
     def online(self, device_id: str) -> bool:
         return self.bus_of(device_id).online(device_id)
+
+    def stuck(self, limit_s: float) -> list[str]:
+        """Buses whose loops look hung (see ModbusBus.stuck)."""
+        now = time.monotonic()
+        return [why for b in self.buses if (why := b.stuck(now, limit_s)) is not None]
 
     def stats(self) -> dict[str, Any]:
         return {b.bus.id: b.stats() for b in self.buses}

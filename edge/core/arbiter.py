@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -28,6 +29,7 @@ from edge.core.store import Store
 log = logging.getLogger(__name__)
 
 MIN_OFF_S = 180.0  # split units refuse a restart within 3 minutes (Panasonic/Haier service manuals)
+TURN_S = 5.0       # the run loop turns at least this often: re-reads wall time, shows it is alive (watchdog)
 
 
 class Source(IntEnum):
@@ -108,6 +110,7 @@ class Arbiter:
         self._min_off = min_off or (lambda _a: 0.0)
         self._state: dict[str, _Actuator] = {}
         self._wake = asyncio.Event()
+        self.last_turn = time.monotonic()
         if store is not None:
             for actuator, source, fields, expires, requester, ts in store.load_requests():
                 try:
@@ -322,10 +325,11 @@ class Arbiter:
     async def run(self) -> None:
         """Apply expiries and deferred starts when they fall due."""
         while True:
+            self.last_turn = time.monotonic()
             self._wake.clear()
             delay = self._next_deadline() - self._clock.time()
             if delay > 0:
-                sleeper = asyncio.ensure_future(self._clock.sleep(min(delay, 60.0)))  # re-read wall time often
+                sleeper = asyncio.ensure_future(self._clock.sleep(min(delay, TURN_S)))
                 waker = asyncio.ensure_future(self._wake.wait())
                 try:
                     await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)

@@ -64,6 +64,9 @@ class Driver(Protocol):
     def stats(self) -> Mapping[str, Any]:
         """Counters for /status and /metrics."""
 
+    def stuck(self, limit_s: float) -> list[str]:
+        """What of the driver's loops made no progress for `limit_s` (the watchdog asks): [] while alive."""
+
 
 DriverFactory = Callable[[Config, DriverSink, Clock], "Driver | None"]
 """Builds a driver for the devices of a config it handles (None when the config has none)."""
