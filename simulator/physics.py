@@ -543,6 +543,3 @@ class SchoolPhysics:
             self.meter.step(self.now, dt, p, q)
         else:
             self.meter.p, self.meter.q = p, q
-
-    def snapshot_acs(self) -> dict[str, AcSnapshot]:
-        return {k: u.snapshot() for k, u in self.acs.items()}

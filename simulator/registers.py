@@ -13,15 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from drivers.modbus.profile import BIT_TABLES, Point, Profile, decode, encode
-from drivers.modbus.pulse import (
-    ALL_RELAYS_ADDRESS,
-    COIL_FLIP,
-    COIL_OFF,
-    COIL_ON,
-    FLASH_OFF,
-    FLASH_ON,
-    FLASH_STEP_S,
-)
+from drivers.modbus.pulse import ALL_RELAYS_ADDRESS, COIL_FLIP, COIL_OFF, COIL_ON
 from edge.core.config import ModbusDevice
 from simulator.physics import FANS, MODES, AcUnit, Fan, MeterSnapshot, Mode, RelayBoard, SchoolPhysics
 
@@ -29,7 +21,6 @@ Table = Literal["coil", "discrete", "holding", "input"]
 TABLES: tuple[Table, ...] = ("coil", "discrete", "holding", "input")
 FC_TABLE: dict[int, Table] = {1: "coil", 2: "discrete", 3: "holding", 4: "input",
                               5: "coil", 6: "holding", 15: "coil", 16: "holding"}
-READ_FCS = frozenset({1, 2, 3, 4})
 
 # Modbus exception codes
 ILLEGAL_FUNCTION = 0x01
@@ -190,13 +181,9 @@ class RelayModel(DeviceModel):
         return apply
 
     def coil_write(self, address: int, value: int, now: float) -> None:
-        """FC05 as the Waveshare board reads it: on/off/flip, all channels, or a timed flash."""
-        opcode, channel = address >> 8, address & 0xFF
+        """FC05 as the Waveshare board reads it: on/off/flip, all channels, or the profile's timed pulse."""
         n = len(self.board.coils)
-        if opcode in (FLASH_ON, FLASH_OFF) and self.profile.flash:
-            if channel >= n:
-                raise ModbusError(ILLEGAL_ADDRESS, f"{self.device.id}: no relay {channel}")
-            self.board.flash(channel, opcode == FLASH_ON, value * FLASH_STEP_S, now)
+        if self._pulse(address, value, now):
             return
         base = self.addr("coils", 0)
         targets = range(n) if address == base + ALL_RELAYS_ADDRESS else [address - base]
@@ -206,6 +193,20 @@ class RelayModel(DeviceModel):
             raise ModbusError(ILLEGAL_VALUE, f"{self.device.id}: FC05 value {value:#06x}")
         for ch in targets:
             self.board.set(ch, not self.board.coils[ch] if value == COIL_FLIP else value == COIL_ON)
+
+    def _pulse(self, address: int, value: int, now: float) -> bool:
+        """Run the pulse at `address` (`value` steps of the profile's `pulse:`); False if it is no pulse address."""
+        pulse = self.profile.pulse
+        if pulse is None:
+            return False
+        for base, on in ((pulse.on_address, True), (pulse.off_address, False)):
+            if base is not None and base <= address < base + len(self.board.coils):
+                if value > pulse.max_steps:
+                    raise ModbusError(ILLEGAL_VALUE, f"{self.device.id}: pulse of {value} steps, "
+                                                     f"at most {pulse.max_steps}")
+                self.board.flash(address - base, on, value * pulse.step_s, now)
+                return True
+        return False
 
 
 class UnitMemory:

@@ -94,7 +94,7 @@ async def record(profile_name: str) -> dict[str, Any]:
             for r in plan(specs):
                 await exchange(f"read {r.table} {r.address}+{r.count}: {', '.join(map(repr, r.parts))}",
                                transport.read_pdu(r.unit, r.table, r.address, r.count))
-            if profile.flash:
+            if profile.pulse is not None:
                 await exchange("flash relay 0 on for 0.7 s", FlashRequest(relay=0, on=True, steps=7, dev_id=1))
         finally:
             client.close()

@@ -207,10 +207,8 @@ def test_the_relay_board_declares_its_pulse_and_the_others_do_not() -> None:
     assert relay.pulse is not None
     assert (relay.pulse.function, relay.pulse.on_address, relay.pulse.off_address) == (5, 0x0200, 0x0400)
     assert (relay.pulse.step_s, relay.pulse.max_steps) == (0.1, 0xFFFF)
-    assert relay.flash  # the older name the simulator reads
     for name in ("coolmasternet", "eastron-sdm630"):
         assert load_profile(name).pulse is None
-        assert not load_profile(name).flash
 
 
 @pytest.mark.parametrize("pulse", [

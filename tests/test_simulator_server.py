@@ -21,8 +21,10 @@ from pymodbus.framer import FramerRTU
 from drivers.modbus.profile import decode, load_profile
 from drivers.modbus.waveshare import FlashRequest, FlashResponse
 from edge.core.clock import ManualClock
-from edge.core.config import Config
+from edge.core.config import Config, ModbusDevice
 from simulator.app import VirtualSchool
+from simulator.physics import RelayBoard
+from simulator.registers import ILLEGAL_ADDRESS, ILLEGAL_VALUE, ModbusError, RelayModel
 from simulator.server import ServerConfigError
 
 CMN = load_profile("coolmasternet")
@@ -325,3 +327,23 @@ async def test_the_pty_survives_the_master_reconnecting(school: VirtualSchool) -
             assert not rr.isError()
         finally:
             client.close()
+
+
+def test_the_board_pulses_at_the_addresses_and_in_the_steps_its_profile_declares() -> None:
+    base = load_profile("waveshare-relay-8ch")
+    assert base.pulse is not None
+    profile = base.model_copy(update={"pulse": base.pulse.model_copy(
+        update={"on_address": 0x0300, "off_address": None, "step_s": 0.5, "max_steps": 100})})
+    device = ModbusDevice(id="relay-x", kind="relay", profile=profile.name, bus="line", unit=1)
+    board = RelayBoard(8)
+    model = RelayModel(device, profile, board)
+    model.coil_write(0x0302, 3, now=10.0)  # channel 2 on for 3 steps of 0.5 s
+    assert board.coils[2] is True
+    assert board.revert_at[2] == (11.5, False)
+    with pytest.raises(ModbusError) as err:
+        model.coil_write(0x0200, 3, now=10.0)  # the Waveshare address is a plain (absent) coil here
+    assert err.value.code == ILLEGAL_ADDRESS
+    with pytest.raises(ModbusError) as err:
+        model.coil_write(0x0301, 101, now=10.0)
+    assert err.value.code == ILLEGAL_VALUE
+    assert board.coils[1] is False

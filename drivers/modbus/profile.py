@@ -191,11 +191,6 @@ class Profile(_Strict):
         if len(spans) == 2 and spans[0][1] <= spans[1][2] and spans[1][1] <= spans[0][2]:
             raise ValueError("pulse: on_address and off_address ranges overlap")
 
-    @property
-    def flash(self) -> bool:
-        """Older name of `pulse is not None`, still read by the simulator and tests/record_frames.py."""
-        return self.pulse is not None
-
     def point(self, field: str) -> Point:
         for p in self.points:
             if p.field == field:
