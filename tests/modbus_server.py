@@ -1,4 +1,5 @@
-"""Real Modbus servers for tests: pymodbus SimDevice servers on loopback TCP or on a socat pty pair.
+"""Real Modbus servers for tests: pymodbus SimDevice servers on loopback TCP or on a serial device
+(a socat pty pair from simulator.ptys).
 
 `Unit` is one slave's register image, filled through the profile codec (so the bytes on the wire
 are what a device holding those values sends).  `Server` counts every request it receives and can
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -31,7 +30,6 @@ from drivers.modbus.waveshare import WaveshareCoilRequest
 
 LOOPBACK = "127.0.0.1"
 GARBAGE = bytes.fromhex("13370000ffffdeadbeef0badf00d")
-PTY_WAIT_S = 5.0
 
 
 @dataclass
@@ -191,29 +189,6 @@ class Server:
             await self._server.shutdown()
             self._server = None
         await WaveshareCoilRequest.cancel_reverts()
-
-
-@contextlib.asynccontextmanager
-async def pty_pair(directory: Path) -> AsyncIterator[tuple[str, str]]:
-    """Two linked ptys from socat (a null-modem cable); socat is stopped on exit."""
-    socat = shutil.which("socat")
-    if socat is None:
-        raise RuntimeError("socat is not installed (apt-get install socat)")
-    a, b = directory / "ttyA", directory / "ttyB"
-    proc = await asyncio.create_subprocess_exec(
-        socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + PTY_WAIT_S
-        while not (a.exists() and b.exists()):
-            if time.monotonic() > deadline or proc.returncode is not None:
-                raise RuntimeError("socat did not create the pty pair")
-            await asyncio.sleep(0.02)
-        yield str(a), str(b)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await proc.wait()
 
 
 def engine_tasks() -> list[asyncio.Task[Any]]:

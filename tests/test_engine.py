@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modbus_server import LOOPBACK, Recorder, Server, Unit, engine_tasks, pty_pair, wait_for
+from modbus_server import LOOPBACK, Recorder, Server, Unit, engine_tasks, wait_for
 
 from drivers.modbus import tools, transport
 from drivers.modbus.engine import ModbusBus, ModbusEngine, WriteError
@@ -18,6 +18,7 @@ from drivers.modbus.planner import DeviceSpec, plan
 from drivers.modbus.profile import load_profile
 from drivers.modbus.transport import DeviceException, Disconnected, Timeout
 from edge.core.config import Config, RtuBus, TcpBus
+from simulator.ptys import PtyPair
 
 COOLMASTER = load_profile("coolmasternet")
 DAIKIN = load_profile("daikin-dta116a51")
@@ -338,9 +339,9 @@ async def test_rtu_over_a_pty_polls_writes_and_pulses(tmp_path: Path) -> None:
     specs = acs(4, poll_s=0.3)
     relay = DeviceSpec("relay", RELAY, 2, poll_s=0.3)
     server = Server([ac_unit(specs), Unit(2).fill(relay, {"ch1": True})])
-    async with pty_pair(tmp_path) as (dev_a, dev_b), server.serial(dev_a):
+    async with PtyPair(str(tmp_path / "tty")) as pty, server.serial(pty.sim_device):
         rec = Recorder()
-        bus = RtuBus(id="rs485-1", type="rtu", device=dev_b, timeout_s=0.5)
+        bus = RtuBus(id="rs485-1", type="rtu", device=pty.device, timeout_s=0.5)
         async with ModbusBus(bus, [*specs, relay], rec) as engine:
             await online(engine, ["ac1", "ac4", "relay"])
             assert rec.state("ac3") == ac_values(3)
@@ -369,8 +370,8 @@ async def test_rtu_late_reply_is_never_taken_for_the_next_answer(tmp_path: Path)
     a, b = plan(first), plan(second)
     assert len(a) == len(b) == 1
     assert a[0].count == b[0].count
-    async with pty_pair(tmp_path) as (dev_a, dev_b), server.serial(dev_a):
-        client = transport.make_client(RtuBus(id="rs485-1", type="rtu", device=dev_b))
+    async with PtyPair(str(tmp_path / "tty")) as pty, server.serial(pty.sim_device):
+        client = transport.make_client(RtuBus(id="rs485-1", type="rtu", device=pty.device))
         assert await transport.connect(client)
         try:
             with pytest.raises(Timeout):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from modbus_server import Recorder, Server, Unit, pty_pair, wait_for
+from modbus_server import Recorder, Server, Unit, wait_for
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
@@ -27,6 +27,7 @@ from drivers.modbus.waveshare import (
     WaveshareCoilRequest,
 )
 from edge.core.config import RtuBus
+from simulator.ptys import PtyPair
 
 RELAY = load_profile("waveshare-relay-8ch")
 assert RELAY.pulse is not None
@@ -79,9 +80,9 @@ def test_pulse_steps_out_of_range(seconds: float) -> None:
 async def test_pulse_over_rtu_sends_the_frame_and_the_board_turns_back(tmp_path: Path) -> None:
     spec = DeviceSpec("door-relay", RELAY, 1, poll_s=0.1)
     server = Server([Unit(1).fill(spec, {"ch3": True})])
-    async with pty_pair(tmp_path) as (board_end, gateway_end), server.serial(board_end):
+    async with PtyPair(str(tmp_path / "tty")) as pty, server.serial(pty.sim_device):
         rec = Recorder()
-        bus = RtuBus(id="rs485-1", type="rtu", device=gateway_end, timeout_s=0.5)
+        bus = RtuBus(id="rs485-1", type="rtu", device=pty.device, timeout_s=0.5)
         async with ModbusBus(bus, [spec], rec) as engine:
             await wait_for(lambda: engine.online("door-relay"))
             server.reset()
@@ -107,8 +108,8 @@ async def test_pulse_over_rtu_sends_the_frame_and_the_board_turns_back(tmp_path:
 async def test_all_relays_address_switches_every_channel_like_the_board(tmp_path: Path) -> None:
     spec = DeviceSpec("relays", RELAY, 1)
     server = Server([Unit(1).fill(spec, {"ch2": True})])
-    async with pty_pair(tmp_path) as (board_end, gateway_end), server.serial(board_end):
-        client = transport.make_client(RtuBus(id="rs485-1", type="rtu", device=gateway_end))
+    async with PtyPair(str(tmp_path / "tty")) as pty, server.serial(pty.sim_device):
+        client = transport.make_client(RtuBus(id="rs485-1", type="rtu", device=pty.device))
         assert await transport.connect(client)
         try:
             await transport.write(client, 1, "coil", ALL_RELAYS_ADDRESS, [COIL_ON], 1.0)
