@@ -224,6 +224,12 @@ class MqttLink:
                 if self.last_error != err:
                     log.warning("MQTT %s: %s", target, err)
                 self.last_error = err
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                # a stop that landed while the broker went away: aiomqtt turned the cancellation into an
+                # MqttError ("Disconnected during message iteration"), so it must be raised again here,
+                # or the loop would reconnect for ever and the daemon never stop
+                raise asyncio.CancelledError
             if up_since is not None and time.monotonic() - up_since >= STABLE_S:
                 backoff.reset()
             wait = backoff.next()

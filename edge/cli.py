@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: every asyncio task's stack to the log (what is a stop or a loop waiting for?)."""
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        log.warning("task %s:\n%s", task.get_name(), stack.getvalue().rstrip())
+
+
+STOP_HARD_S = 9.5   # systemd and operators expect an exit within 10 s of SIGTERM
+
+
+def _last_resort(loop: asyncio.AbstractEventLoop) -> threading.Timer:
+    """A stop still running after STOP_HARD_S: log what it waits for, then exit 1 (never hang)."""
+    def fire() -> None:
+        log.error("stop did not finish within %.1f s; exiting 1", STOP_HARD_S)
+        with contextlib.suppress(Exception):  # the loop may be too stuck to answer: exit regardless
+            asyncio.run_coroutine_threadsafe(_log_tasks(), loop).result(timeout=0.3)
+        logging.shutdown()
+        os._exit(EXIT_RUNTIME)
+
+    timer = threading.Timer(STOP_HARD_S, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def _log_tasks() -> None:
+    _dump_tasks()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from edge.daemon import Daemon  # lazy: every driver only for `run`
@@ -60,15 +94,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.add_signal_handler(sig, d.stop)
+            loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
             print(f"READY status=127.0.0.1:{d.http.port}", flush=True)
             await d.wait()
             log.info("stopping on signal")
+            timers.append(_last_resort(loop))
 
+    timers: list[threading.Timer] = []
     try:
         asyncio.run(main())
-    except OSError as exc:
-        log.error("daemon failed: %s", exc)
+    except Exception as exc:
+        log.error("daemon failed: %s: %s", type(exc).__name__, exc)
+        log.debug("daemon failure", exc_info=True)
         return EXIT_RUNTIME
+    finally:
+        for t in timers:
+            t.cancel()
     return EXIT_OK
 
 
