@@ -64,7 +64,7 @@ MAX_DOOR_UNLOCK_S = 600
 Role = Literal["teacher", "facility", "admin"]
 Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "booking.put", "booking.delete", "access.put"]
 Code = Literal["ok", "bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
-               "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "write_failed"]
+               "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "write_failed", "storage_full"]
 Status = Literal["ok", "rejected", "failed"]
 
 # What each action may target: device kinds, "room" (a room id) or "site".
@@ -90,10 +90,11 @@ class Rejection:
 
     @property
     def status(self) -> Status:
-        return "rejected"
+        """`failed` for a sound command the gateway could not take (storage_full), else `rejected`."""
+        return "failed" if self.code == "storage_full" else "rejected"
 
     def result(self, ts: float, tz: tzinfo) -> dict[str, Any]:
-        out = result_payload(self.id, "rejected", self.code, self.message, ts, tz)
+        out = result_payload(self.id, self.status, self.code, self.message, ts, tz)
         if self.replay_of is not None:
             out["replay_of"] = self.replay_of
         return out
@@ -230,14 +231,18 @@ class CommandVerifier:
         else:
             self.journal = CommandJournal(self.replay_db, self.clock)
 
-    def verify(self, payload: bytes | str) -> VerifiedCommand | Rejection:
-        """Never raises for any input (only sqlite3.Error if the journal's disk fails)."""
+    def verify(self, payload: bytes | str, refuse_new: bool = False) -> VerifiedCommand | Rejection:
+        """Never raises for any input (only sqlite3.Error if the journal's disk fails).
+
+        `refuse_new`: storage is at its hard cap; a sound command is answered `storage_full` (failed)
+        instead of being journalled and carried out, so that events are never the ones dropped.
+        """
         try:
-            return self._verify(payload)
+            return self._verify(payload, refuse_new)
         except _Reject as r:
             return r.rejection
 
-    def _verify(self, payload: bytes | str) -> VerifiedCommand:
+    def _verify(self, payload: bytes | str, refuse_new: bool = False) -> VerifiedCommand:
         raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
         if len(raw) > MAX_PAYLOAD_BYTES:
             raise _Reject(None, "bad_request", f"command of {len(raw)} bytes; at most {MAX_PAYLOAD_BYTES}")
@@ -282,6 +287,8 @@ class CommandVerifier:
 
         self.journal.maybe_prune(self.clock.time(), self.policy.skew_s)
         command = {**claims.model_dump(exclude_none=True), "params": params, "kid": kid}
+        if refuse_new and not self.journal.seen(jti):
+            raise _Reject(jti, "storage_full", "the gateway's storage is full: not carried out; send it again later")
         if not self.journal.begin(jti, claims.exp, command):
             raise _Reject(None, "replayed", f"command {jti!r} was already received", replay_of=jti)
         return VerifiedCommand(jti, claims.action, claims.target, params, claims.sub, claims.role,

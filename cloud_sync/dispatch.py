@@ -56,6 +56,8 @@ class Gateway(Protocol):
     @property
     def tz(self) -> Any: ...
 
+    def on_event(self, kind: str, body: Mapping[str, Any]) -> None: ...
+
 
 def load_document(store: Store, key: str) -> Any:
     """A stored document (None when the cloud never sent one)."""

@@ -185,6 +185,7 @@ class MqttLink:
         self.counters = Counters()
         self.connected = asyncio.Event()
         self.last_error: str | None = None
+        self.stopping = False   # set by the owner before it cancels `run`
         will = aiomqtt.Will(will_topic, will_payload, qos=1, retain=True) if will_topic else None
         self.client = aiomqtt.Client(
             settings.host, settings.port, username=settings.username, password=settings.password,
@@ -194,6 +195,12 @@ class MqttLink:
             logger=logging.getLogger("campus_edge.mqtt"), socket_options=SOCKET_OPTIONS,
             **session_options(settings))
         self.client.pending_calls_threshold = PENDING_CALLS_THRESHOLD
+        # Manual acknowledgements: a P/cmd message is PUBACKed (`ack`) only once it is in the command
+        # journal or its answer in the outbox, so a crash or a stop in between leaves it with the broker.
+        # aiomqtt 2.5 has no option for it: this reaches its paho client (pinned versions; tested).
+        self._paho = self.client._client
+        self._paho.manual_ack_set(True)
+        self.acks = 0
 
     async def run(self, session: Session) -> None:
         """Connect, run `session`, and on any connection loss wait (backoff) and do it again."""
@@ -224,17 +231,23 @@ class MqttLink:
                 if self.last_error != err:
                     log.warning("MQTT %s: %s", target, err)
                 self.last_error = err
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():
+            if self.stopping:
                 # a stop that landed while the broker went away: aiomqtt turned the cancellation into an
-                # MqttError ("Disconnected during message iteration"), so it must be raised again here,
-                # or the loop would reconnect for ever and the daemon never stop
+                # MqttError ("Disconnected during message iteration"); without this the loop would
+                # reconnect for ever and the daemon never stop. (Not `Task.cancelling()`: on 3.11 a
+                # TaskGroup whose child failed leaves its parent's cancel count raised.)
                 raise asyncio.CancelledError
             if up_since is not None and time.monotonic() - up_since >= STABLE_S:
                 backoff.reset()
             wait = backoff.next()
             log.debug("MQTT reconnect to %s in %.1f s", target, wait)
             await asyncio.sleep(wait)
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """PUBACK one received message (QoS 1), on the connection it came on; in the order received."""
+        if message.qos > 0:
+            self._paho.ack(message.mid, message.qos)
+            self.acks += 1
 
     async def publish(self, topic: str, payload: bytes, category: Category, *, qos: int = 1,
                       retain: bool = False) -> None:

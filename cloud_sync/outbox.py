@@ -457,6 +457,16 @@ class Outbox:
                 self.on_alarm(raise_it, st)
 
     @property
+    def full(self) -> bool:
+        """The hard cap: events and results fill `max_bytes`, or the disk is down to its reserve.
+
+        New commands are refused then (their results would need room events cannot give up).
+        """
+        precious = self._bytes_cls["event"] + self._bytes_cls["result"]
+        low_disk = self._disk_free is not None and self._disk_free < self.min_free_bytes // 2
+        return precious >= self.max_bytes or low_disk
+
+    @property
     def alarm(self) -> bool:
         return self._alarm
 

@@ -27,8 +27,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
+import time
 import uuid
-from collections.abc import AsyncGenerator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -40,8 +42,9 @@ from cloud_sync.dispatch import Dispatcher, Gateway
 from cloud_sync.journal import CommandJournal, JournalEntry, recovery_step
 from cloud_sync.keys import load_public_keys
 from cloud_sync.link import Category, LinkSettings, MqttLink, dumps
-from cloud_sync.outbox import Cls, Outbox, OutboxMessage
+from cloud_sync.outbox import Cls, Outbox, OutboxFullError, OutboxMessage
 from cloud_sync.topics import Topics, audience
+from edge.core.backoff import Backoff
 from edge.core.events import Message
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ RECOVERY_WAIT_S = 20.0                # after a restart, how long a re-applied c
 MAX_CONCURRENT_COMMANDS = 32
 SHUTDOWN_COMMANDS_S = 5.0             # on stop, commands being carried out get this long to finish
 SHUTDOWN_STATUS_S = 2.0
+RESTART_BASE_S = 1.0                  # a failed cloud loop restarts after this, doubling ...
+RESTART_MAX_S = 60.0                  # ... up to this
+
+
+def _storage_full(exc: BaseException) -> bool:
+    return isinstance(exc, OutboxFullError) or "full" in str(exc).lower()
 
 # Per-field deadbands: (absolute, relative to the last published value); the larger applies.
 # A change smaller than the band is not worth a message; the periodic refresh carries it anyway.
@@ -173,6 +182,11 @@ class CloudService:
         self._tg = asyncio.TaskGroup()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commands: set[asyncio.Task[Any]] = set()
+        self.restarts: dict[str, int] = {}
+        self.turns: dict[str, float] = {}
+        self._unstored: list[Message] = []
+        self.accepting = True            # False once a stop began: new commands stay with the broker
+        self.unacked = 0                 # commands left unacknowledged (not journalled: the broker keeps them)
         store = Path(cfg.storage.path)
         keys = load_public_keys(self.cloud.command_keys)  # ValueError naming each bad file
         if not keys:
@@ -198,11 +212,47 @@ class CloudService:
             self._close()
             raise
         self._spawn(self._recover(), "cloud-recover")
-        self._spawn(self._pump_events(), "cloud-events")
-        self._spawn(self._watch_states(), "cloud-state-watch")
-        self._spawn(self.link.run(self._session), "cloud-link")
+        self._spawn(self._supervise("cloud-events", self._pump_events), "cloud-events")
+        self._spawn(self._supervise("cloud-state-watch", self._watch_states), "cloud-state-watch")
+        self._spawn(self._supervise("cloud-link", lambda: self.link.run(self._session)), "cloud-link")
         log.info("cloud link to %s:%d, topics %s/...", self.settings.host, self.settings.port, self.topics.base)
         return self
+
+    async def _supervise(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `loop` for ever: an exception (a full disk, a damaged database, a bug) is a `fault` event
+        and a restart after a growing delay, never the end of the cloud link, let alone of the daemon."""
+        retry = Backoff(base_s=RESTART_BASE_S, max_s=RESTART_MAX_S, jitter=0.2)
+        while True:
+            started = time.monotonic()
+            self.turns[name] = started
+            try:
+                await loop()
+                return
+            except Exception as exc:  # contained: the school's control does not depend on it
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                if time.monotonic() - started > RESTART_MAX_S:
+                    retry.reset()
+                delay = retry.fail(time.monotonic())
+                log.error("cloud service %s failed (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc,
+                          delay, exc_info=log.isEnabledFor(logging.DEBUG))
+                self._fault(name, exc)
+                await asyncio.sleep(delay)
+
+    def _fault(self, service: str, exc: BaseException) -> None:
+        code = "storage_full" if _storage_full(exc) else "service_restarted"
+        self.gw.on_event("fault", {"device": "cloud", "code": code, "service": service,
+                                   "message": f"{type(exc).__name__}: {exc}"[:300]})
+
+    def stuck(self, limit_s: float) -> list[str]:
+        """The link's supervisor turns (connects, reconnects, or waits on a live session): never hangs a stop."""
+        task = next((t for t in self._tasks if t.get_name() == "cloud-link"), None)
+        if task is None or task.done():
+            return ["cloud-link: not running"]
+        return []
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected.is_set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str, *, command: bool = False) -> asyncio.Task[None]:
         task = self._tg.create_task(coro, name=name)
@@ -212,6 +262,7 @@ class CloudService:
         return task
 
     async def __aexit__(self, *exc: object) -> None:
+        self.accepting = False   # first: no new command is taken; the broker keeps what was not acknowledged
         try:
             if self._commands:  # let commands being carried out finish (their results go to the outbox)
                 await asyncio.wait(set(self._commands), timeout=SHUTDOWN_COMMANDS_S)
@@ -220,6 +271,7 @@ class CloudService:
                     async with asyncio.timeout(SHUTDOWN_STATUS_S):
                         await self.link.publish(self.topics.status, dumps({"online": False}), "status",
                                                 retain=True)
+            self.link.stopping = True
             for t in self._tasks | self._commands:
                 t.cancel()
             await self._tg.__aexit__(None, None, None)
@@ -316,11 +368,25 @@ class CloudService:
     # -- events ----------------------------------------------------------------------------------
     async def _pump_events(self) -> None:
         q = self._events.queue
+        retry = Backoff(base_s=RESTART_BASE_S, max_s=RESTART_MAX_S, jitter=0.2)
         while True:
-            batch = [await q.get()]
+            batch = self._unstored or [await q.get()]
+            self._unstored = []
             while not q.empty() and len(batch) < EVENT_PUT_BATCH:
                 batch.append(q.get_nowait())
-            await self.outbox.aput_many(self._event_rows(batch))
+            try:
+                await self.outbox.aput_many(self._event_rows(batch))
+            except (OSError, sqlite3.Error) as exc:
+                # kept in memory (and the bus keeps what arrives meanwhile) until the disk takes them
+                self._unstored = batch
+                if retry.failures == 0:
+                    log.error("events not stored (%s); kept in memory, retrying", exc)
+                    self._fault("cloud-events", exc)
+                await asyncio.sleep(retry.fail(time.monotonic()))
+                continue
+            if retry.failures:
+                log.warning("events stored again after %d failed attempts", retry.failures)
+                retry.reset()
 
     def _event_rows(self, batch: list[Message]) -> list[tuple[str, bytes, Cls, str | None]]:
         return [(self.topics.event(m.key), dumps(m.payload), "event", str(m.payload.get("id") or uuid.uuid4().hex))
@@ -332,39 +398,66 @@ class CloudService:
     def _store_queued_events(self) -> None:
         """On the way out: whatever the bus still holds goes to disk (no event is ever dropped)."""
         q = self._events.queue
-        if q.empty():
-            return
-        batch = []
+        batch, self._unstored = self._unstored, []
         while not q.empty():
             batch.append(q.get_nowait())
-        with contextlib.suppress(RuntimeError):
+        if not batch:
+            return
+        try:
             self._store_events(batch)
+        except (RuntimeError, OSError, sqlite3.Error) as exc:
+            log.error("%d events could not be stored at the stop: %s", len(batch), exc)
 
     # -- commands --------------------------------------------------------------------------------
     async def _read_commands(self, client: aiomqtt.Client) -> None:
+        """One message at a time, in the order received: PUBACK only once it is durable (journal or outbox).
+
+        The link acknowledges manually (MqttLink): a command the gateway did not journal (a stop began,
+        the disk is full) is left unacknowledged and the broker delivers it again (persistent session).
+        """
         await self._recovered.wait()  # recovered results go first; no new command before them
         async for m in client.messages:
             if not m.topic.matches(self.topics.cmd):
+                self.link.ack(m)
                 continue
+            if not self.accepting:
+                return   # a stop began: this and the rest stay with the broker
             p = m.payload
             raw = bytes(p) if isinstance(p, bytes | bytearray) else b"" if p is None else str(p).encode()
             self.link.counters.count_received("cmd", len(raw))
-            await self.handle_command(raw)
+            if await self.handle_command(raw):
+                self.link.ack(m)
+            else:
+                self.unacked += 1
 
-    async def handle_command(self, raw: bytes) -> None:
-        """Verify one `P/cmd` payload; a rejection is answered at once, a command runs in its own task."""
+    async def handle_command(self, raw: bytes) -> bool:
+        """Verify one `P/cmd` payload; a rejection is answered at once, a command runs in its own task.
+
+        True once the command is durable (journalled, or its answer in the outbox): it may be acknowledged.
+        """
         # nothing new before the commands a crash interrupted are settled: recovery reads the
         # journal's pending rows, and a command begun meanwhile would look interrupted and run twice
         await self._recovered.wait()
         self.commands_in += 1
-        verdict = await asyncio.to_thread(self.verifier.verify, raw)
+        full = self.outbox.full
+        try:
+            verdict = await asyncio.to_thread(self.verifier.verify, raw, full)
+        except (OSError, sqlite3.Error) as exc:   # the journal cannot take it: left for the broker
+            log.error("command not journalled (%s); left with the broker", exc)
+            self._fault("cloud-commands", exc)
+            return False
         if isinstance(verdict, Rejection):
             log.info("command %s rejected: %s %s", verdict.id or verdict.replay_of, verdict.code, verdict.message)
             # not journalled: a random msg_id, so its PUBACK never marks a journalled command answered
-            await self._answer(verdict.result(self.gw.clock.time(), self.gw.tz), None)
-            return
+            try:
+                await self._answer(verdict.result(self.gw.clock.time(), self.gw.tz), None)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("answer to a refused command not stored (%s); left with the broker", exc)
+                return False
+            return True
         await self._cmd_slots.acquire()
         self._spawn(self._run_command(verdict), f"cloud-cmd-{verdict.id[:16]}", command=True)
+        return True
 
     async def _run_command(self, cmd: VerifiedCommand, wait_online_s: float = 0.0) -> None:
         try:
@@ -376,8 +469,13 @@ class CloudService:
                 log.exception("command %s failed", cmd.id)
                 result = result_payload(cmd.id, "failed", "write_failed", f"internal error: {exc}",
                                         self.gw.clock.time(), self.gw.tz)
-            await asyncio.to_thread(self.journal.applied, cmd.id, result)
-            await self._answer(result, cmd.id)  # answered in the journal on its PUBACK (_drain)
+            try:
+                await asyncio.to_thread(self.journal.applied, cmd.id, result)
+                await self._answer(result, cmd.id)  # answered in the journal on its PUBACK (_drain)
+            except (OSError, sqlite3.Error) as exc:
+                # still `received` (or `applied`) in the journal: the next start answers it (recovery)
+                log.error("result of command %s not stored (%s); recovery answers it", cmd.id, exc)
+                self._fault("cloud-commands", exc)
         finally:
             self._cmd_slots.release()
 
