@@ -7,13 +7,14 @@ DEB_PACKAGES := mosquitto mosquitto-clients socat victoria-metrics mbpoll
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv deps dev demo test lint typecheck unit bench docs clean
+.PHONY: help venv deps dev demo test lint typecheck unit bench docs mutate clean
 
 help:
 	@echo "make demo   virtual school + daemon + local broker with a live status view (Ctrl-C stops)"
 	@echo "make test   lint, type check and the whole test suite"
 	@echo "make venv   .venv with the project installed (runtime requirements only)"
 	@echo "make bench  benchmarks (JSON under bench/results/)"
+	@echo "make mutate mutation testing of the rule modules (slow, not in CI; docs/mutation.md)"
 
 # Debian packages the tests and the demo use; installed only when missing.
 deps:
@@ -60,6 +61,15 @@ docs: $(STAMP)
 bench: dev
 	mkdir -p bench/results
 	$(BIN)/python bench/run_all.py
+
+# Mutation testing, outside `make test` and CI (docs/mutation.md). MUTANTS narrows the run, e.g.
+# make mutate MUTANTS='drivers.modbus.profile*'; MUTATE_JOBS is mutmut's worker count.
+MUTATE_JOBS ?= 1
+MUTANTS ?=
+mutate: $(STAMP) requirements-mutate.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-mutate.txt
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

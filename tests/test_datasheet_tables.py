@@ -21,6 +21,7 @@ import pytest
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU, ModbusPDU
 
+from drivers.modbus import profile as profile_module
 from drivers.modbus import transport
 from drivers.modbus.planner import DeviceSpec, plan
 from drivers.modbus.profile import (
@@ -32,6 +33,7 @@ from drivers.modbus.profile import (
     load_profile,
     load_profile_file,
 )
+from drivers.modbus.pulse import CoilWord, pulse_words
 from drivers.modbus.waveshare import FlashRequest, flash_steps
 
 COOLMASTER = "coolmasternet"
@@ -427,14 +429,28 @@ async def test_relay_write_sends_fc05_ff00_or_0000(field: str, value: bool, pdu_
     assert rtu_frame(request) == body + crc16_modbus(body)
 
 
+def engine_pulse_frame(channel: int, seconds: float, *, on: bool = True) -> bytes:
+    """The frame the engine sends for a timed pulse: the profile's `pulse:` through drivers.modbus.pulse."""
+    pulse = load_profile(RELAY).pulse
+    assert pulse is not None
+    address, value = pulse_words(pulse, channel, seconds, on=on)
+    return rtu_frame(CoilWord(address, value, dev_id=1))
+
+
 def test_relay_flash_frame_from_the_datasheet() -> None:
     # "relay 0 on for 700 ms: 01 05 02 00 00 07 8D B0"
+    example = bytes.fromhex("01 05 02 00 00 07 8D B0")
+    assert engine_pulse_frame(0, 0.7) == example
     assert flash_steps(0.7) == 7
-    request = FlashRequest(relay=0, on=True, steps=flash_steps(0.7), dev_id=1)
-    assert rtu_frame(request) == bytes.fromhex("01 05 02 00 00 07 8D B0")
+    assert rtu_frame(FlashRequest(relay=0, on=True, steps=flash_steps(0.7), dev_id=1)) == example  # board side
     # off-flash is 0x04; relay index in the low byte; time big-endian in 100 ms units (5 s = 0x0032)
     body = bytes.fromhex("01 05 04 06 00 32")
+    assert engine_pulse_frame(6, 5.0, on=False) == body + crc16_modbus(body)
     assert rtu_frame(FlashRequest(relay=6, on=False, steps=flash_steps(5.0), dev_id=1)) == body + crc16_modbus(body)
+    body = bytes.fromhex("01 05 02 07 FF FF")  # relay 7 for the longest time two bytes hold: 6553.5 s
+    assert engine_pulse_frame(7, 6553.5) == body + crc16_modbus(body)
+    with pytest.raises(ValueError, match="outside"):
+        engine_pulse_frame(7, 6553.6)
 
 
 # =====================================================================================================
@@ -556,6 +572,13 @@ def test_refusals_say_what_and_why() -> None:
         encode(_generic(datatype="float32"), 1e39)
     with pytest.raises(KeyError, match="no_such_field"):
         load_profile(COOLMASTER).point("no_such_field")
+
+
+def test_the_tables_are_checked_against_the_repositorys_profiles() -> None:
+    # in a source tree the shipped profiles are config/profiles (an installed copy is used only without one)
+    here = Path(__file__).resolve().parents[1] / "config" / "profiles"
+    assert profile_module._shipped_profiles() == here
+    assert here == profile_module.PROFILE_DIR
 
 
 def test_index_on_a_profile_without_sub_units_is_refused() -> None:
