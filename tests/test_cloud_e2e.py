@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import aiomqtt
 import pytest
 from conftest import free_port, until
+from helpers.app import Watcher, claims, watching
 from mqtt_broker import Broker, small_school
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
@@ -40,50 +38,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d / "cloud.pem", d / "cloud.pub"
 
 
-class Watcher:
-    """An app-side client: subscribed to P/#, keeps every message, waits for the ones a test expects."""
-
-    def __init__(self, client: aiomqtt.Client, topics: Topics) -> None:
-        self.client, self.topics = client, topics
-        self.messages: list[tuple[str, Any, bool]] = []
-        self._new = asyncio.Event()
-
-    async def run(self) -> None:
-        async for m in self.client.messages:
-            raw = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-            try:
-                body: Any = json.loads(raw)
-            except ValueError:
-                body = raw
-            self.messages.append((str(m.topic), body, m.retain))
-            self._new.set()
-
-    async def wait_for(self, pred: Any, within_s: float = 10.0) -> tuple[str, Any, bool]:
-        async with asyncio.timeout(within_s):
-            while True:
-                for msg in self.messages:
-                    if pred(*msg):
-                        return msg
-                self._new.clear()
-                await self._new.wait()
-
-    async def result(self, jti: str | None, within_s: float = 10.0) -> dict[str, Any]:
-        _, body, _ = await self.wait_for(lambda t, b, _r: t == self.topics.cmd_result and isinstance(b, dict)
-                                         and b.get("id") == jti, within_s)
-        return dict(body)
-
-    async def send(self, payload: str | bytes) -> None:
-        await self.client.publish(self.topics.cmd, payload, qos=1)
-
-
-def claims(**over: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {"jti": uuid.uuid4().hex, "iat": now, "exp": now + 60, "aud": "014601/gw-t", "sub": "F001",
-            "role": "facility", "action": "ac.set", "target": "ac-301a", "params": {"power_on": True}}
-    base.update(over)
-    return base
-
-
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[Broker]:
     """A broker of the test's own, for tests that kill and restart it."""
@@ -99,20 +53,12 @@ async def site(request: pytest.FixtureRequest, tmp_path: Path, keys: tuple[Path,
     cfg = Config.model_validate(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
                                              pub_key=keys[1]))
     topics = Topics.for_config(cfg)
-    async with VirtualSchool(cfg, speed=1) as school, \
-            aiomqtt.Client("127.0.0.1", broker.port, identifier=f"app-{uuid.uuid4().hex[:8]}") as app:
-        await app.subscribe(topics.all, qos=1)
-        watcher = Watcher(app, topics)
-        reader = asyncio.create_task(watcher.run(), name="test-watcher")
-        try:
-            async with Daemon(cfg, status_port=0) as daemon:
-                await watcher.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True)
-                await watcher.wait_for(lambda t, b, _r: t == topics.state("ac-301a") and b.get("online") is True)
-                await watcher.wait_for(lambda t, b, _r: t == topics.state("relay-1") and b.get("online") is True)
-                yield school, daemon, watcher
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    async with VirtualSchool(cfg, speed=1) as school, watching(broker.port, topics) as watcher, \
+            Daemon(cfg, status_port=0) as daemon:
+        await watcher.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True)
+        await watcher.wait_for(lambda t, b, _r: t == topics.state("ac-301a") and b.get("online") is True)
+        await watcher.wait_for(lambda t, b, _r: t == topics.state("relay-1") and b.get("online") is True)
+        yield school, daemon, watcher
 
 
 async def test_signed_command_switches_the_ac_on(site: tuple[VirtualSchool, Daemon, Watcher],
@@ -303,36 +249,29 @@ async def test_broker_outage_reconnects_republishes_and_delivers_events_in_order
     stored = daemon.cloud.outbox.stats().pending["event"]
     assert stored >= 2
     broker.restart()
-    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="app-after") as app:
-        await app.subscribe(t.all, qos=1)
-        w2 = Watcher(app, t)
-        reader = asyncio.create_task(w2.run(), name="test-watcher-2")
-        try:
-            await w2.wait_for(lambda tt, b, _r: tt == t.status and b.get("online") is True, 15)
-            assert daemon.cloud.link.counters.connects == connects + 1
-            # retained state is back on the (empty, restarted) broker
-            await w2.wait_for(lambda tt, b, r: tt == t.state("ac-301b") and b["online"] is False)
-            await w2.wait_for(lambda tt, b, r: tt == t.state("meter-main") and b["online"] is True)
-            # the events of the outage arrive, in order
-            await w2.wait_for(lambda tt, b, _r: tt == t.event("fault") and b["device"] == "ac-302a"
-                              and b["code"] == "offline")
-            # at-least-once: a message in flight when the broker died may come again; the cloud
-            # de-duplicates by id (CONTRACT.md section 3), and first deliveries are in order
-            firsts: dict[str, dict[str, object]] = {}
-            for tt, b, _ in w2.messages:
-                if tt == t.event("fault"):
-                    firsts.setdefault(str(b["id"]), b)
-            stamps = [str(b["ts"]) for b in firsts.values()]
-            assert stamps == sorted(stamps)
-            # the command subscription was restored
-            c = claims(action="relay.set", target="light-301", params={"on": True})
-            await w2.send(sign_command(key, c))
-            assert (await w2.result(c["jti"]))["status"] == "ok"
-            # acks land just after the PUBACKs that the app's deliveries follow
-            await until(lambda: not any(daemon.cloud.outbox.stats().pending.values()), 5)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    async with watching(broker.port, t) as w2:
+        await w2.wait_for(lambda tt, b, _r: tt == t.status and b.get("online") is True, 15)
+        assert daemon.cloud.link.counters.connects == connects + 1
+        # retained state is back on the (empty, restarted) broker
+        await w2.wait_for(lambda tt, b, r: tt == t.state("ac-301b") and b["online"] is False)
+        await w2.wait_for(lambda tt, b, r: tt == t.state("meter-main") and b["online"] is True)
+        # the events of the outage arrive, in order
+        await w2.wait_for(lambda tt, b, _r: tt == t.event("fault") and b["device"] == "ac-302a"
+                          and b["code"] == "offline")
+        # at-least-once: a message in flight when the broker died may come again; the cloud
+        # de-duplicates by id (CONTRACT.md section 3), and first deliveries are in order
+        firsts: dict[str, dict[str, object]] = {}
+        for tt, b, _ in w2.messages:
+            if tt == t.event("fault"):
+                firsts.setdefault(str(b["id"]), b)
+        stamps = [str(b["ts"]) for b in firsts.values()]
+        assert stamps == sorted(stamps)
+        # the command subscription was restored
+        c = claims(action="relay.set", target="light-301", params={"on": True})
+        await w2.send(sign_command(key, c))
+        assert (await w2.result(c["jti"]))["status"] == "ok"
+        # acks land just after the PUBACKs that the app's deliveries follow
+        await until(lambda: not any(daemon.cloud.outbox.stats().pending.values()), 5)
 
 
 STATE_SCHEMA = {"ac": "AcState", "meter": "MeterState", "relay": "RelayBoardState", "light": "ChannelState",
@@ -427,25 +366,17 @@ async def test_restart_recovers_unanswered_commands_without_applying_twice(
     journal.applied("r-light", result_payload("r-light", "ok", "ok", "applied before the crash", now,
                                                 ZoneInfo(cfg.site.timezone)))
     journal.close()
-    async with VirtualSchool(cfg, speed=1) as school, \
-            aiomqtt.Client("127.0.0.1", broker.port, identifier="app-recovery") as app:
-        await app.subscribe(topics.cmd_result, qos=1)
-        w = Watcher(app, topics)
-        reader = asyncio.create_task(w.run(), name="test-watcher-r")
-        try:
-            async with Daemon(cfg, status_port=0) as daemon:
-                door = await w.result("r-door")
-                assert (door["status"], door["code"]) == ("failed", "write_failed")
-                light = await w.result("r-light")
-                assert light["message"] == "applied before the crash"
-                ac = await w.result("r-ac", 25)
-                assert ac["status"] == "ok", ac
-                assert school.ac("ac-302a").power_on is True
-                assert school.relay("relay-1") == (False,) * 8      # neither the door nor the light was driven
-                await until(lambda: not daemon.cloud.journal.pending(), 5)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    async with VirtualSchool(cfg, speed=1) as school, watching(broker.port, topics, only=topics.cmd_result) as w, \
+            Daemon(cfg, status_port=0) as daemon:
+        door = await w.result("r-door")
+        assert (door["status"], door["code"]) == ("failed", "write_failed")
+        light = await w.result("r-light")
+        assert light["message"] == "applied before the crash"
+        ac = await w.result("r-ac", 25)
+        assert ac["status"] == "ok", ac
+        assert school.ac("ac-302a").power_on is True
+        assert school.relay("relay-1") == (False,) * 8      # neither the door nor the light was driven
+        await until(lambda: not daemon.cloud.journal.pending(), 5)
     assert sum(1 for t, b, _ in w.messages if t == topics.cmd_result) == 3
 
 
@@ -476,18 +407,11 @@ async def test_a_result_lost_from_the_outbox_is_delivered_from_the_journal(
         # a power cut: the journal's commits (synchronous=FULL) survive, the outbox's last one (NORMAL) may not
         assert _delete_outbox(Path(cfg.storage.path)) >= 1
         own_broker.restart()
-        async with aiomqtt.Client("127.0.0.1", own_broker.port, identifier="app-lost-result") as app:
-            await app.subscribe(topics.cmd_result, qos=1)
-            w = Watcher(app, topics)
-            reader = asyncio.create_task(w.run(), name="test-watcher-lost")
-            try:
-                async with Daemon(cfg, status_port=0) as daemon:
-                    res = await w.result(c["jti"], 15)
-                    assert (res["status"], res["code"]) == ("ok", "ok"), res
-                    await until(lambda: not daemon.cloud.journal.pending(), 5)  # answered once acknowledged
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+        async with watching(own_broker.port, topics, only=topics.cmd_result) as w, \
+                Daemon(cfg, status_port=0) as daemon:
+            res = await w.result(c["jti"], 15)
+            assert (res["status"], res["code"]) == ("ok", "ok"), res
+            await until(lambda: not daemon.cloud.journal.pending(), 5)  # answered once acknowledged
         del school
     assert sum(1 for t, b, _ in w.messages if t == topics.cmd_result and b["id"] == c["jti"]) == 1
 
@@ -506,24 +430,16 @@ async def test_a_newer_command_is_not_overridden_by_an_older_one_recovered_at_st
     journal.begin(old["jti"], old["exp"], {**old, "kid": "k"})
     journal.close()
     new = claims(target="ac-302a", params={"power_on": True, "setpoint_c": 26})  # the same user, later
-    async with VirtualSchool(cfg, speed=1) as school, \
-            aiomqtt.Client("127.0.0.1", broker.port, identifier="app-recover-order") as app:
-        await app.subscribe(topics.all, qos=1)
-        w = Watcher(app, topics)
-        reader = asyncio.create_task(w.run(), name="test-watcher-order")
-        try:
-            school.set_fault("ac-302a", "silent")  # the recovered command waits for its unit ...
-            async with Daemon(cfg, status_port=0):
-                await w.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True)
-                await w.send(sign_command(load_private_key(keys[0]), new))
-                await asyncio.sleep(1.0)  # ... and a new command read meanwhile would run first
-                school.set_fault("ac-302a", None)
-                first = await w.result(old["jti"], 30)
-                second = await w.result(new["jti"], 30)
-                assert (first["status"], second["status"]) == ("ok", "ok"), (first, second)
-                results = [b["id"] for t, b, _ in w.messages if t == topics.cmd_result]
-                assert results.index(old["jti"]) < results.index(new["jti"])
-                assert school.ac("ac-302a").setpoint_c == 26  # the newer one stands
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+    async with VirtualSchool(cfg, speed=1) as school, watching(broker.port, topics) as w:
+        school.set_fault("ac-302a", "silent")  # the recovered command waits for its unit ...
+        async with Daemon(cfg, status_port=0):
+            await w.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True)
+            await w.send(sign_command(load_private_key(keys[0]), new))
+            await asyncio.sleep(1.0)  # ... and a new command read meanwhile would run first
+            school.set_fault("ac-302a", None)
+            first = await w.result(old["jti"], 30)
+            second = await w.result(new["jti"], 30)
+            assert (first["status"], second["status"]) == ("ok", "ok"), (first, second)
+            results = [b["id"] for t, b, _ in w.messages if t == topics.cmd_result]
+            assert results.index(old["jti"]) < results.index(new["jti"])
+            assert school.ac("ac-302a").setpoint_c == 26  # the newer one stands

@@ -16,7 +16,6 @@ import re
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ import aiomqtt
 import pytest
 import yaml
 from conftest import free_port
+from helpers.app import Watcher, watching
 from mqtt_broker import Broker, small_school
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
@@ -34,6 +34,7 @@ from edge.config import load_config
 
 pytestmark = pytest.mark.timeout(60)
 CLI = [sys.executable, "-m", "edge.cli"]
+WAIT_S = 15.0  # the app waits this long for a message (the children start slowly)
 EVENT_LINE = re.compile(r"daemon: event (\w+) (\{.*\})$")
 
 
@@ -58,49 +59,6 @@ async def process(args: list[str], log: Path, ready: str = "READY") -> AsyncIter
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # its whole session: the simulator's socat too
         await proc.wait()
-
-
-class App:
-    """The cloud side: keeps every message under P/#."""
-
-    def __init__(self, topics: Topics) -> None:
-        self.topics = topics
-        self.messages: list[tuple[str, Any]] = []
-        self.new = asyncio.Event()
-
-    async def listen(self, port: int, ident: str, subscribed: asyncio.Event) -> None:
-        async with aiomqtt.Client("127.0.0.1", port, identifier=ident) as c:
-            await c.subscribe(self.topics.all, qos=1)
-            subscribed.set()
-            async for m in c.messages:
-                raw = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
-                try:
-                    self.messages.append((str(m.topic), json.loads(raw)))
-                except ValueError:
-                    self.messages.append((str(m.topic), raw))
-                self.new.set()
-
-    async def wait_for(self, pred: Any, within_s: float = 15.0, since: int = 0) -> Any:
-        async with asyncio.timeout(within_s):
-            while True:
-                for t, b in self.messages[since:]:
-                    if pred(t, b):
-                        return b
-                self.new.clear()
-                await self.new.wait()
-
-
-@asynccontextmanager
-async def app_session(app: App, port: int) -> AsyncIterator[None]:
-    subscribed = asyncio.Event()
-    task = asyncio.create_task(app.listen(port, f"app-{uuid.uuid4().hex[:6]}", subscribed), name="app")
-    try:
-        async with asyncio.timeout(5):
-            await subscribed.wait()
-        yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def logged_events(log: Path) -> list[tuple[str, str, str]]:
@@ -129,16 +87,16 @@ async def test_broker_killed_and_daemon_sigkilled_during_outage(tmp_path: Path) 
     cfg_path.write_text(yaml.safe_dump(small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port,
                                                     pub_key=tmp_path / "cloud.pub")))
     topics = Topics.for_config(load_config(cfg_path))
-    app = App(topics)
+    app = Watcher(None, topics)  # one record of what the app saw, across both sessions
     sim_log, gw_log = tmp_path / "simulate.log", tmp_path / "daemon.log"
     simulate = [*CLI, "simulate", "--config", str(cfg_path)]
     run = [*CLI, "run", "--config", str(cfg_path), "--status-port", "0"]
     key_args = ["--key", str(tmp_path / "cloud.pem"), "--config", str(cfg_path), "--wait", "10"]
     try:
         broker.restart()
-        async with app_session(app, broker.port), process(simulate, sim_log) as sim, process(run, gw_log):
-            await app.wait_for(lambda t, b: t == topics.status and b.get("online") is True)
-            await app.wait_for(lambda t, b: t == topics.state("relay-1") and b.get("online") is True)
+        async with watching(broker.port, topics, watcher=app), process(simulate, sim_log) as sim, process(run, gw_log):
+            await app.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True, WAIT_S)
+            await app.wait_for(lambda t, b, _r: t == topics.state("relay-1") and b.get("online") is True, WAIT_S)
             rc, res = await ctl("ac", "ac-301a", "--on", "--setpoint", "26", *key_args)
             assert rc == 0, res
             assert res is not None
@@ -160,13 +118,14 @@ async def test_broker_killed_and_daemon_sigkilled_during_outage(tmp_path: Path) 
         before = logged_events(gw_log)
         broker.restart()
         mark = len(app.messages)
-        async with app_session(app, broker.port), process(simulate, sim_log), process(run, gw_log):
-            await app.wait_for(lambda t, b: t == topics.status and b.get("online") is True, since=mark)
-            await app.wait_for(lambda t, b: t == topics.state("relay-1") and b.get("online") is True, since=mark)
+        async with watching(broker.port, topics, watcher=app), process(simulate, sim_log), process(run, gw_log):
+            await app.wait_for(lambda t, b, _r: t == topics.status and b.get("online") is True, WAIT_S, mark)
+            await app.wait_for(lambda t, b, _r: t == topics.state("relay-1") and b.get("online") is True, WAIT_S,
+                               mark)
             expected = logged_events(gw_log)
             assert len(expected) > len(before)
             # the outage's offline events and the restart's online events all arrive
-            await app.wait_for(lambda t, b: sum(1 for _ in unique_events(app)) >= len(logged_events(gw_log)), 20)
+            await app.wait_for(lambda t, b, _r: sum(1 for _ in unique_events(app)) >= len(logged_events(gw_log)), 20)
             # the command before the crash was applied once; its token is now a replay
             token = sign_command(load_private_key(tmp_path / "cloud.pem"), {
                 "jti": jti, "iat": int(time.time()), "exp": int(time.time()) + 60, "aud": "014601/gw-t",
@@ -174,23 +133,24 @@ async def test_broker_killed_and_daemon_sigkilled_during_outage(tmp_path: Path) 
                 "params": {"power_on": True}})
             async with aiomqtt.Client("127.0.0.1", broker.port, identifier="replayer") as c:
                 await c.publish(topics.cmd, token, qos=1)
-            replay = await app.wait_for(lambda t, b: t == topics.cmd_result and b.get("code") == "replayed")
+            _, replay, _ = await app.wait_for(lambda t, b, _r: t == topics.cmd_result and b.get("code") == "replayed",
+                                              WAIT_S)
             assert (replay["id"], replay["replay_of"]) == (None, jti)  # the jti's own result stays the answer
         expected = logged_events(gw_log)
         got = [(b["kind"], str(b.get("device")), str(b.get("code"))) for b in unique_events(app)]
         assert got == expected
         executed = [ln for ln in gw_log.read_text().splitlines() if f"command {jti}:" in ln]
         assert len(executed) == 1, executed
-        results = {b["id"] for t, b in app.messages if t == topics.cmd_result and b.get("code") == "ok"}
+        results = {b["id"] for t, b, _r in app.messages if t == topics.cmd_result and b.get("code") == "ok"}
         assert jti in results
     finally:
         broker.stop()
 
 
-def unique_events(app: App) -> list[dict[str, Any]]:
+def unique_events(app: Watcher) -> list[dict[str, Any]]:
     seen: set[str] = set()
     out = []
-    for t, b in app.messages:
+    for t, b, _r in app.messages:
         if app.topics.kind_of(t) == "event" and isinstance(b, dict) and b["id"] not in seen:
             seen.add(b["id"])
             out.append(b)

@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from conftest import free_port, until
+from helpers.app import Watcher, claims, watching
 from mqtt_broker import Broker, small_school
-from test_cloud_e2e import Watcher, claims
 
 from cloud_sync.journal import SKEW_S
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
@@ -122,20 +119,6 @@ def site_config(tmp_path: Path, port: int, pub_key: Path, **mqtt: Any) -> Config
     cloud: dict[str, Any] = raw["cloud"]  # type: ignore[assignment]
     cloud["mqtt"] = {**cloud["mqtt"], **mqtt}
     return Config.model_validate(raw)
-
-
-@asynccontextmanager
-async def watching(port: int, topics: Topics) -> AsyncIterator[Watcher]:
-    """The app: straight to the broker (never through the proxy), subscribed to P/#."""
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"app-{uuid.uuid4().hex[:8]}") as app:
-        await app.subscribe(topics.all, qos=1)
-        w = Watcher(app, topics)
-        reader = asyncio.create_task(w.run(), name="test-watcher-session")
-        try:
-            yield w
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
 
 
 def results(w: Watcher) -> list[dict[str, Any]]:

@@ -14,8 +14,7 @@ import ipaddress
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from helpers.app import Watcher, claims, watching
 from mqtt_broker import Broker, small_school
-from test_cloud_e2e import Watcher, claims
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
@@ -141,20 +140,6 @@ def site_config(tmp_path: Path, pub_key: Path, url: str, **mqtt: Any) -> Config:
     cloud: dict[str, Any] = raw["cloud"]  # type: ignore[assignment]
     cloud["mqtt"] = {"url": url, "keepalive_s": 5, **{k: str(v) for k, v in mqtt.items()}}
     return Config.model_validate(raw)
-
-
-@asynccontextmanager
-async def watching(port: int, topics: Topics, **auth: Any) -> AsyncIterator[Watcher]:
-    """An app-side client on the plain listener, subscribed to P/#, reading in a task."""
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"app-{uuid.uuid4().hex[:8]}", **auth) as app:
-        await app.subscribe(topics.all, qos=1)
-        w = Watcher(app, topics)
-        reader = asyncio.create_task(w.run(), name="test-watcher-tls")
-        try:
-            yield w
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
 
 
 async def retained_status(port: int, topics: Topics, **auth: Any) -> tuple[dict[str, Any], bool]:

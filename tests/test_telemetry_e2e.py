@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from conftest import free_port, until
+from helpers.app import claims, watching
 from mqtt_broker import Broker, small_school
-from test_cloud_e2e import Watcher, claims
 from victoria import Victoria, binary
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
@@ -79,37 +78,29 @@ async def test_readings_reach_victoria_metrics_with_tags_and_the_simulators_valu
     cfg = site_config(tmp_path, broker, vm, tmp_path / "cloud.pub", gateway)
     topics = Topics.for_config(cfg)
     started = time.time()
-    async with VirtualSchool(cfg, speed=1) as school, \
-            aiomqtt.Client("127.0.0.1", broker.port, identifier=f"app-{uuid.uuid4().hex[:8]}") as app:
-        await app.subscribe(topics.cmd_result, qos=1)
-        w = Watcher(app, topics)
-        reader = asyncio.create_task(w.run(), name="test-watcher-telemetry")
-        try:
-            async with Daemon(cfg, status_port=0) as daemon:
-                assert daemon.telemetry is not None
-                assert daemon.telemetry.flush_s == FLUSH_S
-                temp = await wait_series(vm, "ac_room_temp_c", gateway, "ac-301a")
-                # the meter's first STATE comes from its first register block, without power_w: its power
-                # lands with the first 10 s sampling window that closes (the sampler's "first point now"
-                # was spent on that partial one)
-                power = await wait_series(vm, "meter_power_w", gateway, "meter-main", within_s=15)
-                room_air_c, site_w = school.room_temp_c("301"), school.meter().power_w
-                off = await wait_series(vm, "ac_on", gateway, "ac-301a")
-                # 0 (and 0 again if a 60 s window closed meanwhile): the unit is off
-                assert set(off["values"]) == {0}
-                assert school.ac("ac-301a").setpoint_c != 27
+    async with VirtualSchool(cfg, speed=1) as school, watching(broker.port, topics, only=topics.cmd_result) as w, \
+            Daemon(cfg, status_port=0) as daemon:
+        assert daemon.telemetry is not None
+        assert daemon.telemetry.flush_s == FLUSH_S
+        temp = await wait_series(vm, "ac_room_temp_c", gateway, "ac-301a")
+        # the meter's first STATE comes from its first register block, without power_w: its power
+        # lands with the first 10 s sampling window that closes (the sampler's "first point now"
+        # was spent on that partial one)
+        power = await wait_series(vm, "meter_power_w", gateway, "meter-main", within_s=15)
+        room_air_c, site_w = school.room_temp_c("301"), school.meter().power_w
+        off = await wait_series(vm, "ac_on", gateway, "ac-301a")
+        # 0 (and 0 again if a 60 s window closed meanwhile): the unit is off
+        assert set(off["values"]) == {0}
+        assert school.ac("ac-301a").setpoint_c != 27
 
-                c = claims(aud=f"014601/{gateway}", params={"power_on": True, "setpoint_c": 27, "mode": "cool"})
-                sent_at = time.time()
-                await w.send(sign_command(load_private_key(tmp_path / "cloud.pem"), c))
-                assert (await w.result(c["jti"]))["status"] == "ok"
-                on = await wait_series(vm, "ac_on", gateway, "ac-301a", last=1)
-                setpoint = await wait_series(vm, "ac_setpoint_c", gateway, "ac-301a", last=27)
-                await until(lambda: not daemon.telemetry.stats().buffer["pending"], 5)
-                stats = daemon.telemetry.stats()
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        c = claims(aud=f"014601/{gateway}", params={"power_on": True, "setpoint_c": 27, "mode": "cool"})
+        sent_at = time.time()
+        await w.send(sign_command(load_private_key(tmp_path / "cloud.pem"), c))
+        assert (await w.result(c["jti"]))["status"] == "ok"
+        on = await wait_series(vm, "ac_on", gateway, "ac-301a", last=1)
+        setpoint = await wait_series(vm, "ac_setpoint_c", gateway, "ac-301a", last=27)
+        await until(lambda: not daemon.telemetry.stats().buffer["pending"], 5)
+        stats = daemon.telemetry.stats()
 
     assert on["values"] == sorted(on["values"])   # off, then on: one flip
     flipped_at = on["timestamps"][on["values"].index(1)] / 1000
