@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import free_port
+from helpers.sites import ac, meter, rtu_bus, site, tcp_bus
 
 EXE = [sys.executable, "-m", "edge.cli"]
 
@@ -23,20 +24,13 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 
 
 def write_config(tmp: Path, modbus_port: int, status_port: int) -> Path:
-    cfg = {
-        "site": {"school_id": "014601", "gateway_id": "gw-cli"},
-        "storage": {"path": "state"},
-        "status_port": status_port,
-        "buses": [{"id": "ac-bus", "type": "tcp", "host": "127.0.0.1", "port": modbus_port, "timeout_s": 0.5},
-                  {"id": "rs485", "type": "rtu", "device": str(tmp / "tty-rs485"), "timeout_s": 0.5}],
-        "rooms": [{"id": "301", "name": "3年1班", "floor": 3}],
-        "devices": [
-            {"id": "ac-301a", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 1,
-             "room": "301"},
-            {"id": "ac-301b", "kind": "ac", "profile": "intesis-inmbsdai", "bus": "rs485", "unit": 5, "room": "301"},
-            {"id": "meter-main", "kind": "meter", "profile": "eastron-sdm630", "bus": "rs485", "unit": 1},
-        ],
-    }
+    cfg = site(gateway="gw-cli", storage={"path": "state"}, status_port=status_port,  # state beside the config
+               buses=[tcp_bus("ac-bus", modbus_port, timeout_s=0.5),
+                      rtu_bus("rs485", tmp / "tty-rs485", timeout_s=0.5)],
+               rooms=[{"id": "301", "name": "3年1班", "floor": 3}],
+               devices=[ac("ac-301a", "ac-bus", 1, index=1, room="301"),
+                        ac("ac-301b", "rs485", 5, profile="intesis-inmbsdai", room="301"),
+                        meter("rs485", 1)])
     path = tmp / "site.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return path

@@ -26,7 +26,8 @@ import pytest
 import yaml
 from conftest import free_port
 from helpers.app import Watcher, watching
-from mqtt_broker import Broker, small_school
+from helpers.sites import small_school
+from mqtt_broker import Broker
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from conftest import free_port, until
 from helpers.app import Watcher, claims, watching
-from mqtt_broker import Broker, small_school
+from helpers.sites import small_school
+from mqtt_broker import Broker
 
 from cloud_sync.journal import SKEW_S
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command

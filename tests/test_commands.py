@@ -536,7 +536,7 @@ class _Gateway:
     """What the dispatcher sees of the daemon: the real control entry and arbiter over a recording actuator."""
 
     def __init__(self, root: Path, error: Exception | None = None) -> None:
-        from mqtt_broker import small_school
+        from helpers.sites import small_school
 
         from edge.core.arbiter import Arbiter
         from edge.core.config import Config

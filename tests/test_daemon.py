@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import free_port, until
+from helpers.sites import two_bus_school
 
 from edge.cli import main as cli_main
 from edge.config import load_config
@@ -25,34 +26,8 @@ from simulator.app import VirtualSchool
 
 
 def school_config(tmp: Path, port: int) -> Config:
-    """Two buses like a real school: an AC gateway on TCP and an RS-485 line (socat pty)."""
-    return Config.model_validate({
-        "site": {"school_id": "014601", "gateway_id": "gw-test"},
-        "storage": {"path": str(tmp / "state")},
-        "buses": [
-            {"id": "ac-bus", "type": "tcp", "host": "127.0.0.1", "port": port, "timeout_s": 0.5},
-            # 8E1 as the DTA116A51 ships; on the pty the parity is not applied (Linux 6.x refuses it there)
-            {"id": "rs485", "type": "rtu", "device": str(tmp / "ttyRS485"), "baudrate": 9600, "parity": "E",
-             "timeout_s": 0.5},
-        ],
-        "rooms": [{"id": "101", "name": "1年1班", "floor": 1}, {"id": "401", "name": "4年1班", "floor": 4}],
-        "devices": [
-            {"id": "ac-101a", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 1,
-             "room": "101", "poll_s": 0.5},
-            {"id": "ac-101b", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 2,
-             "room": "101", "poll_s": 0.5},
-            {"id": "ac-401a", "kind": "ac", "profile": "daikin-dta116a51", "bus": "rs485", "unit": 3, "index": 0,
-             "room": "401", "poll_s": 0.5},
-            {"id": "meter-main", "kind": "meter", "profile": "eastron-sdm630", "bus": "rs485", "unit": 1,
-             "poll_s": 0.5},
-            {"id": "relay-1", "kind": "relay", "profile": "waveshare-relay-8ch", "bus": "rs485", "unit": 2,
-             "poll_s": 0.5},
-            {"id": "door-401", "kind": "door", "relay": "relay-1", "channel": 0, "room": "401"},
-            {"id": "light-401", "kind": "light", "relay": "relay-1", "channel": 1, "room": "401"},
-        ],
-        "ems": {"meter": "meter-main", "contract_kw": 180},
-        "simulation": {"seed": 5},
-    })
+    """helpers.sites.two_bus_school as a config (test_storage_faults and test_sdnotify import it from here)."""
+    return Config.model_validate(two_bus_school(tmp, port))
 
 
 @pytest.fixture

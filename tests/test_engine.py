@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.sites import ac, relay, site, tcp_bus
 from modbus_server import LOOPBACK, Recorder, Server, Unit, engine_tasks, wait_for
 
 from drivers.modbus import tools, transport
@@ -389,20 +390,13 @@ async def test_engine_from_config_routes_devices_to_their_buses() -> None:
     ac_server = Server([ac_unit(specs)])
     relay_server = Server([Unit(1)])
     async with ac_server.tcp(), relay_server.tcp():
-        config = Config.model_validate({
-            "site": {"school_id": "014601", "gateway_id": "gw-a"},
-            "buses": [{"id": "ac-bus", "type": "tcp", "host": LOOPBACK, "port": ac_server.port, "timeout_s": 0.5},
-                      {"id": "relays", "type": "tcp", "host": LOOPBACK, "port": relay_server.port},
-                      {"id": "unused", "type": "tcp", "host": LOOPBACK, "port": 1}],
-            "devices": [
-                {"id": "ac1", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 1,
-                 "poll_s": 0.2},
-                {"id": "ac2", "kind": "ac", "profile": "coolmasternet", "bus": "ac-bus", "unit": 1, "index": 2,
-                 "poll_s": 0.2, "timeout_s": 0.4},
-                {"id": "relay-1", "kind": "relay", "profile": "waveshare-relay-8ch", "bus": "relays", "unit": 1,
-                 "poll_s": 0.2},
-            ],
-        })
+        config = Config.model_validate(site(
+            gateway="gw-a",
+            buses=[tcp_bus("ac-bus", ac_server.port, timeout_s=0.5), tcp_bus("relays", relay_server.port),
+                   tcp_bus("unused", 1)],
+            devices=[ac("ac1", "ac-bus", 1, index=1, poll_s=0.2),
+                     ac("ac2", "ac-bus", 1, index=2, poll_s=0.2, timeout_s=0.4),
+                     relay("relays", 1, poll_s=0.2)]))
         rec = Recorder()
         async with ModbusEngine.from_config(config, rec) as engine:
             assert [b.bus.id for b in engine.buses] == ["ac-bus", "relays"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from helpers.sites import ac, meter, rtu_bus, site, tcp_bus
 
 from drivers.modbus.profile import encode, load_profile
 from edge.core.config import Config
@@ -24,19 +25,12 @@ LINE = re.compile(r"^\[(\d+)\]:\s+(\S+)\s*$", re.MULTILINE)
 
 
 def make_config(port: int, run_dir: Path) -> Config:
-    return Config.model_validate({
-        "site": {"school_id": "014601", "gateway_id": "gw-test"},
-        "buses": [{"id": "tcp", "type": "tcp", "host": "127.0.0.1", "port": port},
-                  {"id": "line", "type": "rtu", "device": str(run_dir / "line"), "baudrate": 9600}],
-        "rooms": [{"id": "101"}, {"id": "401", "floor": 4}],
-        "devices": [
-            {"id": "ac-101a", "kind": "ac", "profile": "coolmasternet", "bus": "tcp", "unit": 1, "index": 3,
-             "room": "101"},
-            {"id": "meter", "kind": "meter", "profile": "eastron-sdm630", "bus": "tcp", "unit": 3},
-            {"id": "ac-401a", "kind": "ac", "profile": "daikin-dta116a51", "bus": "line", "unit": 2, "index": 5,
-             "room": "401"},
-        ],
-    })
+    return Config.model_validate(site(
+        buses=[tcp_bus("tcp", port), rtu_bus("line", run_dir / "line", baudrate=9600)],
+        rooms=[{"id": "101"}, {"id": "401", "floor": 4}],
+        devices=[ac("ac-101a", "tcp", 1, index=3, room="101"),
+                 meter("tcp", 3, device_id="meter"),
+                 ac("ac-401a", "line", 2, profile="daikin-dta116a51", index=5, room="401")]))
 
 
 @pytest.fixture

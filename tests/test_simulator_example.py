@@ -7,11 +7,12 @@ import os
 import re
 import signal
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import free_port
+from helpers.sites import ac, meter, rtu_bus, site, tcp_bus
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
 from drivers.modbus.profile import decode, load_profile
@@ -95,16 +96,10 @@ async def test_every_example_device_answers(example: Config) -> None:
 async def test_main_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     conf = tmp_path / "school.yaml"
-    conf.write_text(textwrap.dedent(f"""\
-        site: {{school_id: "014601", gateway_id: gw-t}}
-        buses:
-          - {{id: b1, type: tcp, host: 127.0.0.1, port: {port}}}
-          - {{id: b2, type: rtu, device: "{tmp_path}/tty-a"}}
-        rooms: [{{id: "101"}}]
-        devices:
-          - {{id: ac-1, kind: ac, profile: intesis-inmbsdai, bus: b1, unit: 1, room: "101"}}
-          - {{id: m, kind: meter, profile: eastron-sdm630, bus: b2, unit: 1}}
-        """), encoding="utf-8")
+    conf.write_text(yaml.safe_dump(site(
+        gateway="gw-t", buses=[tcp_bus("b1", port), rtu_bus("b2", tmp_path / "tty-a")], rooms=[{"id": "101"}],
+        devices=[ac("ac-1", "b1", 1, profile="intesis-inmbsdai", room="101"), meter("b2", 1, device_id="m")])),
+        encoding="utf-8")
     code = ("import sys; from edge.config import load_config; from simulator.app import main; "
             f"sys.exit(main(load_config({str(conf)!r}), 30.0, None))")
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
@@ -132,7 +127,6 @@ async def test_main_prints_ready_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_main_refuses_a_remote_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from simulator.app import main
 
-    cfg = Config.model_validate({"site": {"school_id": "1", "gateway_id": "g"},
-                                 "buses": [{"id": "b", "type": "tcp", "host": "192.0.2.7", "port": 1502}]})
+    cfg = Config.model_validate(site(buses=[tcp_bus("b", 1502, host="192.0.2.7")]))
     assert main(cfg, None, None) == 2
     assert "loopback" in capsys.readouterr().err

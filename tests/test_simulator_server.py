@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import serial
 from conftest import free_port
+from helpers.sites import ac, channel, meter, relay, rtu_bus, site, tcp_bus
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerRTU
@@ -35,30 +36,19 @@ SDM = load_profile("eastron-sdm630")
 
 def make_config(port: int, run_dir: Path, *, host: str = "127.0.0.1", wire: bool = False) -> Config:
     """A small school: a TCP gateway bus and one RS-485 line (a pty pair)."""
-    return Config.model_validate({
-        "site": {"school_id": "014601", "gateway_id": "gw-test"},
-        "buses": [
-            {"id": "tcp", "type": "tcp", "host": host, "port": port},
-            {"id": "line", "type": "rtu", "device": str(run_dir / "line"), "baudrate": 9600},
-        ],
-        "rooms": [{"id": "101", "floor": 1}, {"id": "401", "floor": 4, "west_facing": True}],
-        "devices": [
-            {"id": "ac-101a", "kind": "ac", "profile": "coolmasternet", "bus": "tcp", "unit": 1, "index": 3,
-             "room": "101"},
-            {"id": "ac-101b", "kind": "ac", "profile": "coolmasternet", "bus": "tcp", "unit": 1, "index": 4,
-             "room": "101"},
-            {"id": "ac-off", "kind": "ac", "profile": "intesis-inmbsdai", "bus": "tcp", "unit": 2, "room": "101"},
-            {"id": "meter", "kind": "meter", "profile": "eastron-sdm630", "bus": "tcp", "unit": 3},
-            {"id": "ac-401a", "kind": "ac", "profile": "daikin-dta116a51", "bus": "line", "unit": 2, "index": 5,
-             "room": "401"},
-            {"id": "ac-401b", "kind": "ac", "profile": "daikin-dta116a51", "bus": "line", "unit": 2, "index": 6,
-             "room": "401"},
-            {"id": "relay-1", "kind": "relay", "profile": "waveshare-relay-8ch", "bus": "line", "unit": 1},
-            {"id": "door-401", "kind": "door", "relay": "relay-1", "channel": 0, "room": "401"},
-            {"id": "light-401", "kind": "light", "relay": "relay-1", "channel": 1, "room": "401"},
-        ],
-        "simulation": {"wire_emulation": wire, "seed": 3},
-    })
+    return Config.model_validate(site(
+        buses=[tcp_bus("tcp", port, host=host), rtu_bus("line", run_dir / "line", baudrate=9600)],
+        rooms=[{"id": "101", "floor": 1}, {"id": "401", "floor": 4, "west_facing": True}],
+        devices=[ac("ac-101a", "tcp", 1, index=3, room="101"),
+                 ac("ac-101b", "tcp", 1, index=4, room="101"),
+                 ac("ac-off", "tcp", 2, profile="intesis-inmbsdai", room="101"),
+                 meter("tcp", 3, device_id="meter"),
+                 ac("ac-401a", "line", 2, profile="daikin-dta116a51", index=5, room="401"),
+                 ac("ac-401b", "line", 2, profile="daikin-dta116a51", index=6, room="401"),
+                 relay("line", 1),
+                 channel("door-401", "door", 0, room="401"),
+                 channel("light-401", "light", 1, room="401")],
+        simulation={"wire_emulation": wire, "seed": 3}))
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.sites import site
 
 from edge.config import _fs_type, storage_warnings
 from edge.core.config import Config
 
 
 def _cfg(path: str) -> Config:
-    return Config.model_validate({"site": {"school_id": "1", "gateway_id": "g"}, "storage": {"path": path}})
+    return Config.model_validate(site(storage={"path": path}))
 
 
 @pytest.mark.parametrize("path", ["/tmp/campus", "/var/tmp/x", "/var/lib/../../tmp/x"])

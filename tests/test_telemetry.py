@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port, until
+from helpers.sites import ac, channel, meter, relay, site, tcp_bus
 from victoria import Victoria, binary
 
 from cloud_sync.lineproto import Point, encode_body, make_point
@@ -35,18 +36,11 @@ def make_cfg(url: str, gateway: str, token_file: Path | None = None) -> Config:
     influx: dict[str, Any] = {"url": url, "org": "ntpc", "bucket": "campus"}
     if token_file is not None:
         influx["token_file"] = str(token_file)
-    return Config.model_validate({
-        "site": {"school_id": "014601", "gateway_id": gateway},
-        "cloud": {"mqtt": {"url": "mqtt://127.0.0.1:1"}, "influx": influx},
-        "buses": [{"id": "b", "type": "tcp", "host": "127.0.0.1"}],
-        "rooms": [{"id": "301", "name": ODD_ROOM}],
-        "devices": [
-            {"id": "ac-301a", "kind": "ac", "profile": "coolmasternet", "bus": "b", "unit": 1, "room": "301"},
-            {"id": "meter-main", "kind": "meter", "profile": "eastron-sdm630", "bus": "b", "unit": 2},
-            {"id": "relay-1", "kind": "relay", "profile": "waveshare-relay-8ch", "bus": "b", "unit": 3},
-            {"id": "light-301", "kind": "light", "relay": "relay-1", "channel": 0, "room": "301"},
-        ],
-    })
+    return Config.model_validate(site(
+        gateway=gateway, cloud={"mqtt": {"url": "mqtt://127.0.0.1:1"}, "influx": influx},
+        buses=[tcp_bus("b")], rooms=[{"id": "301", "name": ODD_ROOM}],
+        devices=[ac("ac-301a", "b", 1, room="301"), meter("b", 2), relay("b", 3),
+                 channel("light-301", "light", 0, room="301")]))
 
 
 FAST = {"meter": 0.001, "ac": 0.001, "relay": 0.001}  # 1 ms windows: every distinct reading is a point
