@@ -17,7 +17,10 @@ from typing import Any
 from edge.demo import Child
 from simulator.local import free_port
 
-__all__ = ["free_port", "start_simulator"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' site builders and broker
+from helpers.sites import ac_fleet, meter, rtu_bus, site, tcp_bus
+
+__all__ = ["ac_fleet", "free_port", "meter", "rtu_bus", "site", "start_simulator", "tcp_bus"]
 
 
 def start_simulator(cfg_path: Path, log_path: Path, *extra: str) -> Child:

@@ -33,10 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import ROOT, document, emit, free_port, percentile
-
-sys.path.insert(0, str(ROOT / "tests"))
-from mqtt_broker import Broker
+from _common import ROOT, ac_fleet, document, emit, free_port, meter, percentile, site, tcp_bus
+from mqtt_broker import Broker  # tests/mqtt_broker.py: _common put tests/ on the path
 
 from cloud_sync.keys import generate_keypair
 from cloud_sync.topics import Topics
@@ -47,15 +45,9 @@ TB_GW_150 = {"msg_per_s": 75.0, "payload_bytes_per_s": 10_000.0, "median_delay_m
 
 
 def school_150(units: int, modbus_port: int) -> dict[str, Any]:
-    return {
-        "site": {"school_id": "014601", "gateway_id": "gw-bench", "timezone": "Asia/Taipei"},
-        "buses": [{"id": "school-bus", "type": "tcp", "host": "127.0.0.1", "port": modbus_port, "timeout_s": 1.0}],
-        "rooms": [{"id": f"{n:03d}"} for n in range(1, units + 1)],
-        "devices": [{"id": f"ac-{n:03d}", "kind": "ac", "profile": "coolmasternet", "bus": "school-bus", "unit": 1,
-                     "index": n, "room": f"{n:03d}"} for n in range(1, units + 1)]
-                   + [{"id": "meter-main", "kind": "meter", "profile": "eastron-sdm630", "bus": "school-bus",
-                       "unit": 2}],
-    }
+    rooms, acs = ac_fleet(units, "school-bus")
+    return site(gateway="gw-bench", timezone="Asia/Taipei", buses=[tcp_bus("school-bus", modbus_port, timeout_s=1.0)],
+                rooms=rooms, devices=[*acs, meter("school-bus", 2)])
 
 
 def example_school(modbus_port: int) -> dict[str, Any]:

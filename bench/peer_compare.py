@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, document, emit, free_port
+import yaml
+from _common import RESULTS, ROOT, ac_fleet, document, emit, free_port, meter, site, tcp_bus
 
 from drivers.modbus.planner import DeviceSpec, plan
 from drivers.modbus.profile import load_profile
@@ -46,21 +47,12 @@ def write_config(out: Path, status_port: int, cloud: bool = False) -> None:
     """
     env = os.environ
     units, ac_unit, meter_unit = int(env["UNITS"]), int(env["AC_UNIT_ID"]), int(env["METER_UNIT_ID"])
-    lines = [
-        "site: {school_id: \"000000\", gateway_id: gw-bench, timezone: Asia/Taipei}",
-        f"storage: {{path: {json.dumps(str(Path(env['WORK_DIR']) / 'campus-edge-state'))}}}",
-        f"status_port: {status_port}",
-        "buses:",
-        f"  - {{id: school-bus, type: tcp, host: {env.get('MODBUS_HOST', '127.0.0.1')}, "
-        f"port: {int(env['MODBUS_PORT'])}, timeout_s: 1.0}}",
-        "rooms:",
-        *[f"  - {{id: \"{va:03d}\"}}" for va in range(1, units + 1)],
-        "devices:",
-        *[f"  - {{id: ac-{va:03d}, kind: ac, profile: coolmasternet, bus: school-bus, unit: {ac_unit}, "
-          f"index: {va}, room: \"{va:03d}\", poll_s: 2}}" for va in range(1, units + 1)],
-        f"  - {{id: meter-main, kind: meter, profile: eastron-sdm630, bus: school-bus, unit: {meter_unit}, "
-        "poll_s: 1}",
-    ]
+    rooms, acs = ac_fleet(units, "school-bus", unit=ac_unit, poll_s=2)
+    cfg = site(gateway="gw-bench", school="000000", timezone="Asia/Taipei",
+               storage={"path": str(Path(env["WORK_DIR"]) / "campus-edge-state")}, status_port=status_port,
+               buses=[tcp_bus("school-bus", int(env["MODBUS_PORT"]), host=env.get("MODBUS_HOST", "127.0.0.1"),
+                              timeout_s=1.0)],
+               rooms=rooms, devices=[*acs, meter("school-bus", meter_unit, poll_s=1)])
     out.parent.mkdir(parents=True, exist_ok=True)
     if cloud:
         from cloud_sync.keys import generate_keypair
@@ -68,10 +60,9 @@ def write_config(out: Path, status_port: int, cloud: bool = False) -> None:
         priv, pub = out.parent / "bench-cloud.pem", out.parent / "bench-cloud.pub"
         if not pub.exists():
             generate_keypair(priv, pub)
-        lines += ["cloud:",
-                  f"  mqtt: {{url: \"mqtt://{env.get('MQTT_HOST', '127.0.0.1')}:{int(env['MQTT_PORT'])}\"}}",
-                  f"  command_keys: [{json.dumps(str(pub))}]"]
-    out.write_text("\n".join(lines) + "\n")
+        cfg["cloud"] = {"mqtt": {"url": f"mqtt://{env.get('MQTT_HOST', '127.0.0.1')}:{int(env['MQTT_PORT'])}"},
+                        "command_keys": [str(pub)]}
+    out.write_text(yaml.safe_dump(cfg))
 
 
 # -- the outer half ---------------------------------------------------------------------------------

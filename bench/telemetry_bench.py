@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from helpers.sites import ac, meter, site, tcp_bus
 from victoria import Victoria
 
 from cloud_sync.lineproto import encode_body, make_point
@@ -127,15 +128,11 @@ def encode_report(n: int, devices: int) -> dict[str, Any]:
 
 
 def bench_cfg(url: str, devices: int) -> Config:
-    return Config.model_validate({
-        "site": {"school_id": "014601", "gateway_id": "gw-pipe"},
-        "cloud": {"mqtt": {"url": "mqtt://127.0.0.1:1"}, "influx": {"url": url, "org": "o", "bucket": "b"}},
-        "buses": [{"id": "b", "type": "tcp", "host": "127.0.0.1"}],
-        "rooms": [{"id": f"r{d}", "name": f"{d}年1班"} for d in range(devices)],
-        "devices": [{"id": "meter-main", "kind": "meter", "profile": "eastron-sdm630", "bus": "b", "unit": 1}]
-        + [{"id": f"ac-{d}", "kind": "ac", "profile": "coolmasternet", "bus": "b", "unit": 2, "index": d,
-            "room": f"r{d}"} for d in range(1, devices)],
-    })
+    return Config.model_validate(site(
+        gateway="gw-pipe",
+        cloud={"mqtt": {"url": "mqtt://127.0.0.1:1"}, "influx": {"url": url, "org": "o", "bucket": "b"}},
+        buses=[tcp_bus("b")], rooms=[{"id": f"r{d}", "name": f"{d}年1班"} for d in range(devices)],
+        devices=[meter("b", 1), *(ac(f"ac-{d}", "b", 2, index=d, room=f"r{d}") for d in range(1, devices))]))
 
 
 async def pipeline(url: str, n: int, devices: int, tmp: Path) -> dict[str, Any]:

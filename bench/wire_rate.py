@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import document, emit, run_guarded, self_cpu_s, start_simulator
+import yaml
+from _common import ac_fleet, document, emit, rtu_bus, run_guarded, self_cpu_s, site, start_simulator
 
 from drivers.modbus.engine import DeviceHealth, ModbusEngine, Reading
 from drivers.modbus.planner import ReadRequest
@@ -45,23 +46,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def write_config(path: Path, scenario: dict[str, Any], device: Path) -> None:
-    n = scenario["n"]
-    first = 0 if scenario["profile"] == "daikin-dta116a51" else 1
-    lines = [
-        'site: {school_id: "000000", gateway_id: gw-bench, timezone: Asia/Taipei}',
-        f"storage: {{path: {path.parent / 'state'}}}",
-        "buses:",
-        f"  - {{id: line, type: rtu, device: {device}, baudrate: {BAUD}, parity: N, stopbits: 1, timeout_s: 1.0}}",
-        "rooms:",
-        *[f'  - {{id: "r{i}"}}' for i in range(n)],
-        "devices:",
-    ]
-    for i in range(n):
-        where = f"unit: 1, index: {first + i}" if scenario["units"] == "index" else f"unit: {i + 1}"
-        lines.append(f'  - {{id: ac-{i:02d}, kind: ac, profile: {scenario["profile"]}, bus: line, {where}, '
-                     f'room: "r{i}", poll_s: {POLL_S}}}')
-    lines += ["simulation: {wire_emulation: true}"]
-    path.write_text("\n".join(lines) + "\n")
+    rooms, acs = ac_fleet(scenario["n"], "line", profile=scenario["profile"],
+                          unit=1 if scenario["units"] == "index" else None,
+                          first_index=0 if scenario["profile"] == "daikin-dta116a51" else 1, poll_s=POLL_S)
+    path.write_text(yaml.safe_dump(site(
+        path.parent, gateway="gw-bench", school="000000", timezone="Asia/Taipei",
+        buses=[rtu_bus("line", device, baudrate=BAUD, parity="N", stopbits=1, timeout_s=1.0)],
+        rooms=rooms, devices=acs, simulation={"wire_emulation": True})))
 
 
 def frame_sizes(request: ReadRequest) -> tuple[int, int]:

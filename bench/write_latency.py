@@ -27,15 +27,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml
 from _common import (
+    ac_fleet,
     document,
     emit,
     free_port,
     run_guarded,
     self_cpu_s,
     self_peak_rss_mib,
+    site,
     start_simulator,
     summary_ms,
+    tcp_bus,
 )
 
 from drivers.modbus.driver import ModbusDriver
@@ -50,19 +54,11 @@ AC_POLL_S = 2.0
 
 
 def write_config(path: Path, port: int) -> None:
-    lines = [
-        'site: {school_id: "000000", gateway_id: gw-bench, timezone: Asia/Taipei}',
-        f"storage: {{path: {path.parent / 'state'}}}",
-        f"control: {{socket: {path.parent / 'control.sock'}}}",
-        "buses:",
-        f"  - {{id: ac-bus, type: tcp, host: 127.0.0.1, port: {port}, timeout_s: 1.0}}",
-        "rooms:",
-        *[f'  - {{id: "{va:03d}"}}' for va in range(1, UNITS + 1)],
-        "devices:",
-        *[f'  - {{id: ac-{va:03d}, kind: ac, profile: coolmasternet, bus: ac-bus, unit: 1, index: {va}, '
-          f'room: "{va:03d}", poll_s: {AC_POLL_S}}}' for va in range(1, UNITS + 1)],
-    ]
-    path.write_text("\n".join(lines) + "\n")
+    rooms, acs = ac_fleet(UNITS, "ac-bus", poll_s=AC_POLL_S)
+    path.write_text(yaml.safe_dump(site(
+        path.parent, gateway="gw-bench", school="000000", timezone="Asia/Taipei",
+        control={"socket": str(path.parent / "control.sock")},
+        buses=[tcp_bus("ac-bus", port, timeout_s=1.0)], rooms=rooms, devices=acs)))
 
 
 def poll_p99(d: Daemon) -> dict[str, Any]:
