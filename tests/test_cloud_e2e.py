@@ -16,7 +16,7 @@ from helpers.app import Watcher, claims, watching
 from helpers.sites import small_school
 from mqtt_broker import Broker
 
-from cloud_sync.keys import generate_keypair, load_private_key, sign_command
+from cloud_sync.keys import generate_keypair, key_id, load_private_key, sign_command
 from cloud_sync.topics import Topics
 from edge.core.config import Config
 from edge.core.control import admit_all
@@ -96,10 +96,6 @@ async def test_hostile_commands_are_answered_and_change_nothing(site: tuple[Virt
     okey = load_private_key(tmp_path / "o.pem")
     before = snapshot(school)
     now = int(time.time())
-    trusted_kid = sign_command(key, claims()).split(".")[0]
-    del trusted_kid
-    from cloud_sync.keys import key_id
-
     cases: list[tuple[str, str, str]] = []   # (jti, token, expected code)
 
     def case(code: str, token_key: Any = key, kid: str | None = None, **over: Any) -> None:
