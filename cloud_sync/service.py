@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import sqlite3
 import time
 import uuid
@@ -60,6 +61,8 @@ SHUTDOWN_COMMANDS_S = 5.0             # on stop, commands being carried out get 
 SHUTDOWN_STATUS_S = 2.0
 RESTART_BASE_S = 1.0                  # a failed cloud loop restarts after this, doubling ...
 RESTART_MAX_S = 60.0                  # ... up to this
+RESYNC_CHECK_S = 5.0                  # how often a session with unacknowledged commands looks for room again
+STORAGE_ROOM_BYTES = 1024 * 1024      # free space that counts as "room again"
 
 
 def _storage_full(exc: BaseException) -> bool:
@@ -308,6 +311,27 @@ class CloudService:
             tg.create_task(self._read_commands(client), name="cloud-cmd-reader")
             tg.create_task(self._drain(), name="cloud-outbox-drain")
             tg.create_task(self._publish_states(), name="cloud-state-publish")
+            tg.create_task(self._resync_when_storage_returns(), name="cloud-resync")
+
+    async def _resync_when_storage_returns(self) -> None:
+        """Commands left unacknowledged (the disk was full) come back from the broker on a new connection.
+
+        The broker redelivers unacknowledged messages only when the client reconnects (and stops sending
+        once its in-flight window is full), so once there is room again the session ends itself.
+        """
+        while True:
+            await asyncio.sleep(RESYNC_CHECK_S)
+            if self.unacked and await asyncio.to_thread(self._storage_has_room):
+                log.warning("storage has room again: reconnecting so that the broker delivers the %d"
+                            " unacknowledged commands", self.unacked)
+                self.unacked = 0
+                raise aiomqtt.MqttError("reconnecting to receive the commands left with the broker")
+
+    def _storage_has_room(self) -> bool:
+        try:
+            return shutil.disk_usage(self.journal.path.parent).free >= STORAGE_ROOM_BYTES
+        except OSError:
+            return False
 
     def gw_info(self) -> dict[str, Any]:
         info = getattr(self.gw, "gateway_info", None)
