@@ -10,6 +10,7 @@ Now a message is acknowledged only once journalled (or answered); the rest stays
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import yaml
+from conftest import until
 from mqtt_broker import Broker, free_port, small_school
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
@@ -84,9 +86,8 @@ async def test_every_command_of_a_flood_is_answered_after_a_stop(tmp_path: Path,
                 await asyncio.wait_for(proc.wait(), 15)
                 school.set_fault("ac-301a", None)
                 proc = await _start(cfg_path, log)
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and not all(j in results for j in jtis):
-                    await asyncio.sleep(0.2)
+                with contextlib.suppress(AssertionError):   # reported below, with the names
+                    await until(lambda: all(j in results for j in jtis), within=30, what="every result")
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
