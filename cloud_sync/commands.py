@@ -27,7 +27,7 @@ and valid command burns its jti (step 9), so a rejected command can be corrected
 
 `relay.set` applies to lights and fans only. A door lock is a relay channel too, but a door is
 opened only by `door.unlock`: a pulse the relay board ends by itself (flash), capped at
-`MAX_DOOR_UNLOCK_S` and logged as a `door` event. `relay.set` on a door is `bad_request` (the action
+`control.max_unlock_s` and logged as a `door` event. `relay.set` on a door is `bad_request` (the action
 does not apply to that kind of target, for any role), not `forbidden` (which is about who asks).
 
 The params models are in `cloud_sync.params`, the journal (replay memory, crash recovery) in
@@ -55,11 +55,10 @@ from cloud_sync.journal import SKEW_S, CommandJournal
 from cloud_sync.keys import PublicKey, key_id
 from cloud_sync.params import MAX_ID_LEN, PARAMS, AccessPut, AcSet, DoorUnlock, IdStr
 from edge.core.clock import Clock, SystemClock, iso
-from edge.core.config import Config
+from edge.core.config import Config, ControlConfig
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_LIFETIME_S = 900.0      # exp - iat: a command is for now, not for a queue that delivers it tomorrow
-MAX_DOOR_UNLOCK_S = 600
 
 Role = Literal["teacher", "facility", "admin"]
 Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "booking.put", "booking.delete", "access.put"]
@@ -142,13 +141,16 @@ def resolver_from_config(cfg: Config) -> Resolver:
     return table.get
 
 
+_CONTROL = ControlConfig()   # the policies' defaults are the control entry's (edge.core.control), written once
+
+
 @dataclass(frozen=True, slots=True)
 class CommandPolicy:
-    setpoint_min_c: float = 26.0     # Ministry of Education classroom policy (DOMAIN.md section 3)
-    setpoint_max_c: float = 28.0
+    setpoint_min_c: float = _CONTROL.setpoint_min_c     # Ministry of Education classroom policy (DOMAIN.md §3)
+    setpoint_max_c: float = _CONTROL.setpoint_max_c
     skew_s: float = SKEW_S
     max_lifetime_s: float = MAX_LIFETIME_S
-    max_unlock_s: int = MAX_DOOR_UNLOCK_S
+    max_unlock_s: float = _CONTROL.max_unlock_s
 
 
 # -- claims ------------------------------------------------------------------------------------------
@@ -322,6 +324,9 @@ class CommandVerifier:
         if c.exp - c.iat > self.policy.max_lifetime_s:
             raise _Reject(jti, "bad_request",
                           f"lifetime {c.exp - c.iat:.0f} s; at most {self.policy.max_lifetime_s:.0f} s")
+        if c.iat < self.journal.iat_floor:
+            raise _Reject(jti, "expired", "issued before the command journal was reset (a damaged one was set"
+                                          " aside): it may have been applied already; send a new one")
         if now > c.exp + skew or c.exp <= self.journal.horizon:
             raise _Reject(jti, "expired", f"expired {now - c.exp:.0f} s ago")
         if c.iat > now + skew or (c.nbf is not None and c.nbf > now + skew):
@@ -338,7 +343,7 @@ class CommandVerifier:
             raise _Reject(jti, "out_of_range", f"setpoint {model.setpoint_c:g} °C outside the policy range"
                                                f" {pol.setpoint_min_c:g}–{pol.setpoint_max_c:g} °C")
         if isinstance(model, DoorUnlock) and not 1 <= model.seconds <= pol.max_unlock_s:
-            raise _Reject(jti, "out_of_range", f"seconds {model.seconds:g}; 1–{pol.max_unlock_s}")
+            raise _Reject(jti, "out_of_range", f"seconds {model.seconds:g}; 1–{pol.max_unlock_s:g}")
         if isinstance(model, AccessPut):
             for card in model.cards:
                 for door in card.doors:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge.core.clock import Clock, SystemClock
+from edge.core.sqlite import SetAside, prepare
 
 SKEW_S = 30.0               # clocks of the cloud and of a gateway (NTP, or a Pi without RTC) disagree this much
 PRUNE_EVERY_S = 60.0        # how often answered, expired jtis are forgotten
@@ -62,8 +63,9 @@ class CommandJournal:
 
     def __init__(self, path: str | os.PathLike[str], clock: Clock | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock: Clock = clock or SystemClock()
+        # a damaged journal is set aside (kept for diagnosis); see `iat_floor` for what that costs
+        self.set_aside: SetAside | None = prepare(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -82,6 +84,11 @@ class CommandJournal:
         """)
         row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'horizon'").fetchone()
         self._horizon = float(row[0]) if row else float("-inf")
+        if self.set_aside is not None:
+            # the replay memory is gone: every token issued before now may have been applied already
+            self._db.execute("INSERT OR REPLACE INTO journal_meta VALUES ('iat_floor', ?)", (self.clock.time(),))
+        row = self._db.execute("SELECT value FROM journal_meta WHERE key = 'iat_floor'").fetchone()
+        self.iat_floor = float(row[0]) if row else float("-inf")
         self._pruned_at = float("-inf")
 
     @property

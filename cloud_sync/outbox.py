@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
 from edge.core.clock import Clock, SystemClock
+from edge.core.sqlite import SetAside, prepare
 
 log = logging.getLogger(__name__)
 _A = TypeVar("_A")
@@ -117,7 +118,7 @@ class Outbox:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.set_aside: SetAside | None = prepare(self.path)   # a damaged outbox is moved aside, not fatal
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.clock: Clock = clock or SystemClock()

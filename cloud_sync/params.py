@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge.core.control import AcFields, SwitchFields
+from edge.core.schedule import parse_days
+
 MAX_ID_LEN = 128
 
 
@@ -22,21 +25,9 @@ class Params(BaseModel):
 IdStr = Field(min_length=1, max_length=MAX_ID_LEN)
 
 
-class AcSet(Params):
-    power_on: bool | None = None
-    mode: Literal["cool", "heat", "dry", "fan", "auto"] | None = None
-    setpoint_c: float | None = None
-    fan: Literal["auto", "low", "medium", "high"] | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> AcSet:
-        if not self.model_fields_set:
-            raise ValueError("at least one of power_on, mode, setpoint_c, fan")
-        return self
-
-
-class RelaySet(Params):
-    on: bool
+# ac.set and relay.set take exactly what every other control source gives the control entry
+AcSet = AcFields
+RelaySet = SwitchFields
 
 
 class DoorUnlock(Params):
@@ -91,14 +82,16 @@ class BookingDelete(Params):
     id: str = IdStr
 
 
-DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
-DAYS_RE = rf"^{DAY}(-{DAY})?(,{DAY}(-{DAY})?)*$"
-
-
 class Window(Params):
-    days: str = Field(pattern=DAYS_RE)
+    days: str   # the schedules' grammar (edge.core.schedule.parse_days): mon-fri, sat,sun, daily
     from_: str = Field(alias="from")
     to: str
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: str) -> str:
+        parse_days(v)
+        return v
 
     @field_validator("from_", "to")
     @classmethod
@@ -138,7 +131,7 @@ class AccessPut(Params):
     cards: list[Card]
 
 
-PARAMS: dict[str, type[Params]] = {
+PARAMS: dict[str, type[BaseModel]] = {
     "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet,
     "booking.put": BookingPut, "booking.delete": BookingDelete, "access.put": AccessPut,
 }

@@ -38,7 +38,14 @@ from typing import Any, cast
 
 import aiomqtt
 
-from cloud_sync.commands import CommandVerifier, Rejection, VerifiedCommand, resolver_from_config, result_payload
+from cloud_sync.commands import (
+    CommandPolicy,
+    CommandVerifier,
+    Rejection,
+    VerifiedCommand,
+    resolver_from_config,
+    result_payload,
+)
 from cloud_sync.dispatch import Dispatcher, Gateway
 from cloud_sync.journal import CommandJournal, JournalEntry, recovery_step
 from cloud_sync.keys import load_public_keys
@@ -195,14 +202,18 @@ class CloudService:
         if not keys:
             log.warning("cloud.command_keys is empty: every command will be answered bad_signature")
         self.link = MqttLink(self.settings, will_topic=self.topics.status)
-        self.outbox = Outbox(store / "outbox.db", max_bytes=outbox_max_bytes, clock=gw.clock)
+        self.outbox = Outbox(store / "outbox.db", max_bytes=outbox_max_bytes, clock=gw.clock,
+                             min_free_bytes=int(cfg.storage.reserve_mb * 1024 * 1024))
         try:
             self.journal = CommandJournal(store / "commands.db", gw.clock)
         except BaseException:
             self.outbox.close()
             raise
         self.verifier = CommandVerifier(keys, self.audience, resolver_from_config(cfg), replay_db=self.journal,
-                                        clock=gw.clock)
+                                        clock=gw.clock, policy=CommandPolicy(
+                                            setpoint_min_c=cfg.control.setpoint_min_c,
+                                            setpoint_max_c=cfg.control.setpoint_max_c,
+                                            max_unlock_s=cfg.control.max_unlock_s))
         # subscribed here, before the first await: no event may slip past between start-up and the pump
         self._events = gw.bus.subscribe("event", maxsize=100_000, name="cloud-events")
         self._state_sub = gw.bus.subscribe("state", maxsize=10_000, name="cloud-state")
@@ -214,6 +225,11 @@ class CloudService:
         except BaseException:
             self._close()
             raise
+        for db, lost in ((self.outbox.set_aside, "undelivered events and results"),
+                         (self.journal.set_aside, "the command journal: commands issued before now are refused")):
+            if db is not None:
+                self.gw.on_event("storage", {"database": db.path.name, "action": "set_aside",
+                                             "moved_to": str(db.moved_to), "reason": db.reason, "lost": lost})
         self._spawn(self._recover(), "cloud-recover")
         self._spawn(self._supervise("cloud-events", self._pump_events), "cloud-events")
         self._spawn(self._supervise("cloud-state-watch", self._watch_states), "cloud-state-watch")

@@ -164,3 +164,52 @@ async def test_a_full_disk_is_an_alarm_not_an_exit(tmp_path: Path, small_fs: Pat
     store = Store(storage / "state.db")
     assert any(r[0] == "ac-101a" and r[1] == "FACILITY" for r in store.load_requests())
     store.close()
+
+
+def test_a_fresh_journal_after_damage_refuses_older_tokens(tmp_path: Path) -> None:
+    from cloud_sync.journal import CommandJournal
+    from edge.core.clock import ManualClock
+
+    clock = ManualClock(1_000_000.0)
+    db = tmp_path / "commands.db"
+    db.write_bytes(os.urandom(4096))
+    journal = CommandJournal(db, clock)
+    assert journal.set_aside is not None
+    assert journal.iat_floor == 1_000_000.0
+    journal.close()
+    clock.advance(10)
+    again = CommandJournal(db, clock)   # the floor is remembered across restarts
+    assert again.set_aside is None
+    assert again.iat_floor == 1_000_000.0
+    again.close()
+    fresh = CommandJournal(tmp_path / "new.db", clock)   # a new install has no floor
+    assert fresh.iat_floor == float("-inf")
+    fresh.close()
+
+
+async def test_the_daemon_starts_with_garbage_cloud_databases(tmp_path: Path) -> None:
+    import time as _time
+
+    from mqtt_broker import Broker, small_school
+
+    from cloud_sync.keys import generate_keypair
+
+    broker = Broker.start(tmp_path / "broker")
+    try:
+        generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+        data = small_school(tmp_path, modbus_port=free_port(), broker_port=broker.port, pub_key=tmp_path / "k.pub")
+        cfg = Config.model_validate(data)
+        os.makedirs(cfg.storage.path)
+        for name in ("state.db", "outbox.db", "commands.db"):
+            with open(os.path.join(cfg.storage.path, name), "wb") as f:  # noqa: ASYNC230 - test set-up
+                f.write(b"\x00garbage" * 512)
+        daemon = Daemon(cfg, status_port=0)
+        _record_events(daemon)
+        t0 = _time.time()
+        async with VirtualSchool(cfg), daemon:
+            await until(lambda: daemon.cloud.connected, what="the cloud link")
+            aside = {e["database"] for e in _events(daemon, "storage") if e["action"] == "set_aside"}
+            assert aside == {"state.db", "outbox.db", "commands.db"}
+            assert daemon.cloud.journal.iat_floor >= t0
+    finally:
+        broker.stop()

@@ -55,6 +55,9 @@ class CloudConfig(_M):
 
 class Storage(_M):
     path: Path = Path("/var/lib/campus-edge")
+    reserve_mb: float = Field(64.0, ge=0, le=100_000,
+                              description="free disk kept for the command journal and the state: the outbox"
+                                          " alarms below it, and below half of it new commands are refused")
 
 
 class TcpBus(_M):
