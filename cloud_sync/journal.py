@@ -156,7 +156,8 @@ class CommandJournal:
                                      (self._horizon,))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (SQLITE_FULL) has rolled back already
+                    self._db.execute("ROLLBACK")
                 raise
             self._pruned_at = now
             return int(row[1])

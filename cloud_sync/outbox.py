@@ -402,6 +402,7 @@ class Outbox:
                 else:
                     by_cls[hit[0]].append(s)
             deleted = 0
+            saved = (self._bytes, dict(self._bytes_cls), dict(self._pending))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for c in CLASSES:
@@ -422,7 +423,9 @@ class Outbox:
                     deleted += len(rows)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (SQLITE_FULL) has rolled back already
+                    self._db.execute("ROLLBACK")
+                self._bytes, self._bytes_cls, self._pending = saved   # nothing was deleted
                 raise
             for s in seqs:
                 self._inflight.pop(s, None)

@@ -69,7 +69,14 @@ SHUTDOWN_STATUS_S = 2.0
 RESTART_BASE_S = 1.0                  # a failed cloud loop restarts after this, doubling ...
 RESTART_MAX_S = 60.0                  # ... up to this
 RESYNC_CHECK_S = 5.0                  # how often a session with unacknowledged commands looks for room again
-STORAGE_ROOM_BYTES = 1024 * 1024      # free space that counts as "room again"
+STORAGE_ROOM_BYTES = 64 * 1024        # free space that counts as "room again" (or half the reserve, if more)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups: what a log line should name."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _storage_full(exc: BaseException) -> bool:
@@ -247,7 +254,8 @@ class CloudService:
             try:
                 await loop()
                 return
-            except Exception as exc:  # contained: the school's control does not depend on it
+            except Exception as group:  # contained: the school's control does not depend on it
+                exc = _leaf(group)
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 if time.monotonic() - started > RESTART_MAX_S:
                     retry.reset()
@@ -345,7 +353,8 @@ class CloudService:
 
     def _storage_has_room(self) -> bool:
         try:
-            return shutil.disk_usage(self.journal.path.parent).free >= STORAGE_ROOM_BYTES
+            room = max(STORAGE_ROOM_BYTES, self.outbox.min_free_bytes // 2)
+            return shutil.disk_usage(self.journal.path.parent).free >= room
         except OSError:
             return False
 
