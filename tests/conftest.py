@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -15,7 +17,7 @@ import pytest
 
 from simulator.local import free_port
 
-__all__ = ["free_port", "until"]
+__all__ = ["fill_filesystem", "free_port", "until"]
 
 
 def _children() -> set[int]:
@@ -81,3 +83,33 @@ async def until(pred: Callable[[], object], within: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path | None]:
+    """A 1 MiB filesystem of its own (tmpfs), or None where this machine does not let a test mount one."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_filesystem(path: Path) -> Path:
+    """Fill the filesystem of `path` to the last byte; returns the filler to delete."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler

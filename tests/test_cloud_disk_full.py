@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import free_port, until
+from conftest import fill_filesystem, free_port, until
 from helpers.app import claims, watching
 from helpers.sites import small_school
 from mqtt_broker import Broker
-from test_storage_faults import _events, _fill, _record_events, small_fs  # noqa: F401 - fixture
+from test_storage_faults import _events, _record_events
 
 from cloud_sync.keys import generate_keypair, load_private_key, sign_command
 from cloud_sync.topics import Topics
@@ -47,7 +47,7 @@ async def test_a_full_disk_with_the_cloud_on(tmp_path: Path, small_fs: Path | No
             c = claims(target="ac-301a", params={"power_on": True, "setpoint_c": 27})
             await app.send(sign_command(key, c))
             assert (await app.result(c["jti"]))["status"] == "ok"
-            filler = await asyncio.to_thread(_fill, small_fs)
+            filler = await asyncio.to_thread(fill_filesystem, small_fs)
             # a command now: journalling it fails, it is left with the broker (or answered storage_full)
             c2 = claims(target="ac-302a", params={"power_on": True, "setpoint_c": 26})
             await app.send(sign_command(key, c2))

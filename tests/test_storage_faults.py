@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, until
+from conftest import fill_filesystem, free_port, until
 from test_daemon import school_config
 
 from edge.core.arbiter import Source
@@ -90,36 +87,6 @@ async def test_the_daemon_starts_on_garbage_databases(tmp_path: Path) -> None:
         assert school.ac("ac-101a").power_on is True
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path | None]:
-    """A 1 MiB filesystem of its own (tmpfs), or None where this machine does not let a test mount one."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        yield None
-        return
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill(path: Path) -> Path:
-    """Fill the filesystem of `path` to the last byte; returns the filler to delete."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * size):
-                    pass
-    finally:
-        os.close(fd)
-    return filler
-
-
 async def test_a_full_disk_is_an_alarm_not_an_exit(tmp_path: Path, small_fs: Path | None) -> None:
     base = school_config(tmp_path, free_port())
     storage = small_fs if small_fs is not None else tmp_path / "state"
@@ -130,7 +97,7 @@ async def test_a_full_disk_is_an_alarm_not_an_exit(tmp_path: Path, small_fs: Pat
         await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
         daemon.store.flush()
         if small_fs is not None:
-            filler = _fill(small_fs)
+            filler = fill_filesystem(small_fs)
         else:  # SQLite's own limit stands in for the filesystem
             pages = daemon.store._db.execute("PRAGMA page_count").fetchone()[0]
             daemon.store._db.execute(f"PRAGMA max_page_count = {pages}")
