@@ -58,6 +58,8 @@ SESSION_EXPIRY_S = 24 * 3600
 # QoS 1 publishes in flight at once (outbox window + live state). aiomqtt warns above its threshold
 # (10 by default) on every publish; with a window of 100 that is our normal, not a problem.
 MAX_INFLIGHT = 200
+MAX_INBOUND_PACKET_BYTES = 256 * 1024   # MQTT 5: larger packets are not sent to us (commands are < 16 KiB)
+RECEIVE_MAXIMUM = 20                    # MQTT 5: unacknowledged QoS 1 messages the broker may send at once
 PENDING_CALLS_THRESHOLD = 1000
 
 # paho leaves Nagle on: a small publish then waits for the peer's delayed ACK (~40 ms per hop on Linux).
@@ -117,11 +119,17 @@ class LinkSettings:
 def session_options(s: LinkSettings) -> dict[str, Any]:
     """aiomqtt.Client keywords for a clean or a persistent session, per protocol version."""
     if s.protocol == "5":
-        if not s.persistent_session:
-            return {"clean_start": True}
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
+        # the broker sends nothing larger (a 100 MB publish on P/cmd never reaches the gateway's memory)
+        # and at most RECEIVE_MAXIMUM unacknowledged commands at once: back-pressure with manual acks
+        props.MaximumPacketSize = MAX_INBOUND_PACKET_BYTES
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        if not s.persistent_session:
+            return {"clean_start": True, "properties": props}
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         return {"clean_start": False, "properties": props}
+    # MQTT 3.1.1 has no such limits on the client side: the broker's own max_packet_size and
+    # max_inflight_messages (mosquitto: 20 by default) bound what it sends (see docs/operations)
     return {"clean_session": not s.persistent_session}
 
 
