@@ -26,6 +26,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {  # name: (full args, --quick
     "outbox_bench": ([], ["--quick"]),
     "command_rtt": ([], ["--commands", "60"]),
     "mqtt_traffic": ([], ["--window", "20", "--warmup", "8"]),
+    "recovery": ([], ["--rounds", "2"]),
+    "outbox_cap": ([], ["--events", "20000"]),
 }  # telemetry_bench needs a python with influxdb-client (--influx-python): run it by hand
 
 
