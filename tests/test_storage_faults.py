@@ -158,6 +158,7 @@ async def test_the_daemon_starts_with_garbage_cloud_databases(tmp_path: Path) ->
     import time as _time
 
     from mqtt_broker import Broker, small_school
+    from test_cloud_e2e import asyncapi_validator
 
     from cloud_sync.keys import generate_keypair
 
@@ -177,6 +178,10 @@ async def test_the_daemon_starts_with_garbage_cloud_databases(tmp_path: Path) ->
             await until(lambda: daemon.cloud.connected, what="the cloud link")
             aside = {e["database"] for e in _events(daemon, "storage") if e["action"] == "set_aside"}
             assert aside == {"state.db", "outbox.db", "commands.db"}
+            validator = asyncapi_validator("StorageEvent")
+            for e in _events(daemon, "storage"):
+                body = {"id": "x", "ts": "2026-06-16T10:00:00.000+08:00", **e}
+                assert not [err.message for err in validator.iter_errors(body)], body
             assert daemon.cloud.journal.iat_floor >= t0
     finally:
         broker.stop()
