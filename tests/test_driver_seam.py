@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from conftest import until
 
+from edge.config import config_warnings
 from edge.core.arbiter import Source
 from edge.core.clock import Clock
 from edge.core.config import Config
@@ -112,3 +113,12 @@ async def test_devices_no_driver_owns_are_named(tmp_path: Path) -> None:
     assert daemon.unowned == ["gate-1"]
     async with daemon:
         assert "gate-1" not in daemon.states
+
+
+def test_check_config_says_what_no_code_reads(tmp_path: Path) -> None:
+    cfg = site(tmp_path)
+    cfg = Config.model_validate({**cfg.model_dump(mode="json", exclude_none=True),
+                                 "devices": [*cfg.model_dump(mode="json", exclude_none=True)["devices"],
+                                             {"id": "ble-1", "kind": "beacon_scanner"}]})
+    warnings = [w for w in config_warnings(cfg) if "not implemented" in w]
+    assert [w.split(":")[0] for w in warnings] == ["devices.gate-1", "devices.ble-1"]
