@@ -1,0 +1,1 @@
+"""RFID readers on serial lines or TCP (`kind: rfid`): framings in `framing`, the driver in `driver`."""
