@@ -90,6 +90,8 @@ class RfidDriver:
 
     async def __aenter__(self) -> Self:
         self._stopping = False
+        for r in self._readers.values():
+            r.turn = time.monotonic()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
         self._loops = [self._tg.create_task(self._run(r), name=f"rfid:{r.cfg.id}") for r in self._readers.values()]
