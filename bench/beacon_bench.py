@@ -220,7 +220,7 @@ def bleak_memory(runs: int = 5) -> dict[str, Any]:
     samples, alone = probe(RSS_PROBE), probe(RSS_ALONE)
 
     def med(key: str, of: list[dict[str, Any]] = samples) -> float:
-        return statistics.median(s[key] for s in of)
+        return float(statistics.median(s[key] for s in of))
 
     return {"runs": runs, "rss_before_mib": round(med("driver_kib") / 1024, 1),
             "driver_import_adds_mib": round((med("driver_kib") - med("base_kib")) / 1024, 1),
