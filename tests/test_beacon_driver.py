@@ -279,6 +279,10 @@ async def test_presence_reaches_the_daemons_bus(tmp_path: Path) -> None:
         assert arrive["ts"]
         depart = await next_presence(events.queue)
         assert (depart["person"], depart["change"]) == ("S1001", "depart")
+        from test_cloud_e2e import asyncapi_validator  # the published contract (docs/asyncapi.yaml)
+
+        for event in (arrive, depart):
+            assert [e.message for e in asyncapi_validator("PresenceEvent").iter_errors(event)] == []
         assert daemon.gateway_info()["drivers"]["beacon"]["scanners"]["gate-ble"]["arrivals"] == 1
         out = await daemon.control.ask(Ask("gate-ble", {"on": True}, Source.LOCAL, "local:test"))
         assert (out.status, out.code) == ("rejected", "bad_request")
@@ -310,6 +314,9 @@ async def test_the_real_bleak_backend_without_bluetooth(tmp_path: Path, caplog: 
             assert len(faults) == 1
             assert faults[0]["code"] == "offline"
             assert faults[0]["message"].startswith("no Bluetooth")
+            from test_cloud_e2e import asyncapi_validator  # the published contract (docs/asyncapi.yaml)
+
+            assert [e.message for e in asyncapi_validator("FaultEvent").iter_errors(faults[0])] == []
             said = [r for r in caplog.records if r.name == "campus_edge.beacon" and r.levelno >= logging.WARNING]
             assert len(said) == 1, [r.getMessage() for r in said]
             # the daemon runs on: its loops turn and it answers
