@@ -20,6 +20,7 @@ import pytest
 import yaml
 from conftest import free_port, until
 
+from drivers.rfid import driver as driver_module
 from drivers.rfid.driver import RfidDriver
 from drivers.rfid.framing import Framing, rdm6300_frame
 from drivers.rfid.taps import Tap
@@ -354,7 +355,8 @@ async def test_the_driver_in_the_daemon_publishes_card_events(tmp_path: Path) ->
             "storage": {"path": str(tmp_path / "state")},
             "devices": [{"id": "gate-1", "kind": "rfid", "port": p.url, "framing": "rdm6300", "purpose": "gate"}],
         })
-        daemon = Daemon(cfg, status_port=0, drivers=(*DEFAULT_DRIVERS, RfidDriver.from_config))
+        others = [f for f in DEFAULT_DRIVERS if f != RfidDriver.from_config]   # before and after its registration
+        daemon = Daemon(cfg, status_port=0, drivers=(*others, RfidDriver.from_config))
         assert daemon.kinds == {"gate-1": Kind.RFID}
         assert daemon.unowned == []
         events = daemon.bus.subscribe("event", name="test")
@@ -382,3 +384,33 @@ async def test_the_driver_in_the_daemon_publishes_card_events(tmp_path: Path) ->
                 assert daemon.states["gate-1"]["port_open"] is False
         finally:
             daemon.bus.unsubscribe(events)
+
+
+async def test_stop_is_bounded_even_by_a_hook_that_ignores_every_cancel(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(driver_module, "STOP_TIMEOUT_S", 1.0)
+    release = asyncio.Event()
+    started = asyncio.Event()
+    hooks: list[asyncio.Task[Any]] = []
+
+    async def deaf(_tap: Tap) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        hooks.append(task)
+        started.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async with peer() as p:
+        drv = RfidDriver([reader("gate-1", p.url)], Sink())
+        await drv.__aenter__()
+        drv.on_tap = deaf
+        await until(lambda: len(p.writers) == 1, what="the connection")
+        p.send(rdm6300_frame(CARD))
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(drv.__aexit__(None, None, None), 30)   # returns although the hook lives on
+        assert not hooks[0].done()
+        assert "left behind" in caplog.text
+        release.set()                                                    # the test's own clean-up
+        await asyncio.wait_for(hooks[0], 10)
