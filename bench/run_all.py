@@ -28,6 +28,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {  # name: (full args, --quick
     "mqtt_traffic": ([], ["--window", "20", "--warmup", "8"]),
     "recovery": ([], ["--rounds", "2"]),
     "outbox_cap": ([], ["--events", "20000"]),
+    "rfid_bench": ([], ["--taps", "60"]),
+    "beacon_bench": ([], ["--seconds", "10", "--burst", "50000"]),
 }  # telemetry_bench needs a python with influxdb-client (--influx-python): run it by hand
 
 

@@ -13,7 +13,6 @@ from cloud_sync.checks import cloud_file_checks
 from drivers.modbus.checks import framing_warnings, profile_checks
 from edge.core.config import BeaconScanner, Config, RfidReader
 from edge.core.loader import load_config as _load
-from edge.core.model import Kind
 
 CHECKS = (profile_checks, cloud_file_checks)
 
@@ -66,7 +65,10 @@ def config_warnings(cfg: Config) -> list[str]:
     """Allowed but probably wrong, or configured but not acted on: each a line for the log and check-config."""
     out = framing_warnings(cfg) + storage_warnings(cfg)
     for dev in cfg.devices:
-        if isinstance(dev, RfidReader | BeaconScanner):
-            out.append(f"devices.{dev.id}: kind {dev.kind} is accepted but not implemented yet:"
-                       f" nothing reads this {'reader' if dev.kind == Kind.RFID else 'scanner'}")
+        if isinstance(dev, RfidReader) and dev.purpose == "door":
+            out.append(f"devices.{dev.id}: door decisions (access lists) are not implemented yet: taps are"
+                       f" reported as card events with decision null and open nothing")
+        if isinstance(dev, BeaconScanner) and not dev.beacons and not dev.report_unknown:
+            out.append(f"devices.{dev.id}: no beacon is mapped to a person and report_unknown is off:"
+                       f" it reports nothing")
     return out

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from drivers.beacon.driver import BeaconDriver
 from drivers.modbus.driver import ModbusDriver
+from drivers.rfid.driver import RfidDriver
 from edge.config import config_warnings
 from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import Clock, SystemClock, iso
@@ -39,7 +41,8 @@ log = logging.getLogger("campus_edge.daemon")
 VERSION = "0.1.0"
 FLUSH_S = 60.0  # state rows written to the SD card at most this often (wear)
 
-DEFAULT_DRIVERS: tuple[DriverFactory, ...] = (ModbusDriver.from_config,)
+DEFAULT_DRIVERS: tuple[DriverFactory, ...] = (ModbusDriver.from_config, RfidDriver.from_config,
+                                              BeaconDriver.from_config)
 """Every kind of hardware the gateway drives: a new one is a driver factory added here."""
 
 

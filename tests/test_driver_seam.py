@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from conftest import until
 
+from drivers.modbus.driver import ModbusDriver
 from edge.config import config_warnings
 from edge.core.arbiter import Source
 from edge.core.clock import Clock
@@ -22,7 +23,7 @@ from edge.core.config import Config
 from edge.core.control import Ask
 from edge.core.driver import ApplyError, DriverSink
 from edge.core.model import Kind, ReaderState
-from edge.daemon import DEFAULT_DRIVERS, Daemon
+from edge.daemon import Daemon
 
 
 class FakeReader:
@@ -87,7 +88,7 @@ async def test_a_non_modbus_driver_plugs_in_by_registration_only(tmp_path: Path)
             made.append(drv)
         return drv
 
-    daemon = Daemon(site(tmp_path), status_port=0, drivers=(*DEFAULT_DRIVERS, factory))
+    daemon = Daemon(site(tmp_path), status_port=0, drivers=(ModbusDriver.from_config, factory))
     events = daemon.bus.subscribe("event", name="test")
     async with daemon:
         reader = made[0]
@@ -109,7 +110,7 @@ async def test_a_non_modbus_driver_plugs_in_by_registration_only(tmp_path: Path)
 
 
 async def test_devices_no_driver_owns_are_named(tmp_path: Path) -> None:
-    daemon = Daemon(site(tmp_path), status_port=0)
+    daemon = Daemon(site(tmp_path), status_port=0, drivers=(ModbusDriver.from_config,))
     assert daemon.unowned == ["gate-1"]
     async with daemon:
         assert "gate-1" not in daemon.states
@@ -120,5 +121,5 @@ def test_check_config_says_what_no_code_reads(tmp_path: Path) -> None:
     cfg = Config.model_validate({**cfg.model_dump(mode="json", exclude_none=True),
                                  "devices": [*cfg.model_dump(mode="json", exclude_none=True)["devices"],
                                              {"id": "ble-1", "kind": "beacon_scanner"}]})
-    warnings = [w for w in config_warnings(cfg) if "not implemented" in w]
-    assert [w.split(":")[0] for w in warnings] == ["devices.gate-1", "devices.ble-1"]
+    warnings = [w for w in config_warnings(cfg) if "not implemented" in w or "reports nothing" in w]
+    assert [w.split(":")[0] for w in warnings] == ["devices.ble-1"]   # gate-1 is a gate reader: read, reported

@@ -131,12 +131,30 @@ class RfidReader(_M):
     name: str = ""
 
 
+BeaconId = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?"
+                                         r"[0-9A-Fa-f]{12}:[0-9]{1,5}:[0-9]{1,5}$")]
+
+
 class BeaconScanner(_M):
     id: Id
     kind: Literal[Kind.BEACON_SCANNER]
     adapter: str | None = None
     away_s: float = Field(180.0, gt=0)
     name: str = ""
+    beacons: dict[BeaconId, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=dict, description="iBeacon UUID:major:minor -> the person (student id) it belongs to")
+    report_unknown: bool = False                      # beacons not in `beacons`: ignored, or reported with person null
+    enter_dbm: float = Field(-80.0, ge=-126, le=20)   # smoothed RSSI that counts towards an arrival
+    stay_dbm: float = Field(-90.0, ge=-126, le=20)    # smoothed RSSI that keeps a present beacon present
+    sightings: int = Field(3, ge=1, le=100)           # within window_s, before "arrive"
+    window_s: float = Field(10.0, gt=0, le=600)
+    beacon_away_s: dict[BeaconId, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> BeaconScanner:
+        if self.stay_dbm > self.enter_dbm:
+            raise ValueError("stay_dbm must not be above enter_dbm (the gap is what keeps presence from flapping)")
+        return self
 
 
 Device = Annotated[ModbusDevice | RelayChannel | RfidReader | BeaconScanner, Field(discriminator="kind")]
