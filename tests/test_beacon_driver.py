@@ -26,6 +26,8 @@ from edge.core.events import Message
 from edge.core.model import Kind, ReaderState
 from edge.daemon import DEFAULT_DRIVERS, Daemon
 
+OTHERS = tuple(f for f in DEFAULT_DRIVERS if f != BeaconDriver.from_config)  # the real drivers but ours
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "beacon"
 CASES = {c["name"]: c for c in json.loads((FIXTURES / "advertisements.json").read_text())}
 SCHOOL_UUID = "5a1d0c3e-7b44-4c1f-9a63-014601000000"
@@ -262,7 +264,7 @@ async def next_presence(queue: asyncio.Queue[Message]) -> dict[str, Any]:
 async def test_presence_reaches_the_daemons_bus(tmp_path: Path) -> None:
     radio = FakeRadio()
     factory = functools.partial(BeaconDriver.from_config, backend=radio, people=PEOPLE, tick_s=0.05)
-    daemon = Daemon(site(tmp_path, away_s=0.5), status_port=0, drivers=(*[f for f in DEFAULT_DRIVERS if f != BeaconDriver.from_config], factory))
+    daemon = Daemon(site(tmp_path, away_s=0.5), status_port=0, drivers=(*OTHERS, factory))
     assert daemon.kinds == {"gate-ble": Kind.BEACON_SCANNER}
     assert daemon.unowned == []
     events = presence_events(daemon)
@@ -297,7 +299,7 @@ HAS_ADAPTER = Path("/sys/class/bluetooth").is_dir() and any(Path("/sys/class/blu
 async def test_the_real_bleak_backend_without_bluetooth(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """This machine has no adapter (and no system D-Bus): said once, retried, and the daemon runs on."""
     factory = functools.partial(BeaconDriver.from_config, people=PEOPLE, retry_base_s=0.05, retry_max_s=0.2)
-    daemon = Daemon(site(tmp_path, adapter="hci0"), status_port=0, drivers=(*[f for f in DEFAULT_DRIVERS if f != BeaconDriver.from_config], factory))
+    daemon = Daemon(site(tmp_path, adapter="hci0"), status_port=0, drivers=(*OTHERS, factory))
     events = presence_events(daemon)
     drv = next(d for d in daemon.drivers if isinstance(d, BeaconDriver))
     async with asyncio.timeout(30):               # bounded even if a D-Bus here would not answer
