@@ -15,7 +15,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,12 +46,19 @@ DEFAULT_DRIVERS: tuple[DriverFactory, ...] = (ModbusDriver.from_config, RfidDriv
                                               BeaconDriver.from_config)
 """Every kind of hardware the gateway drives: a new one is a driver factory added here."""
 
+ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
+"""A decider that runs beside the drivers (access control, bookings, the energy manager): built from the
+running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
+
+DEFAULT_SERVICES: tuple[ServiceFactory, ...] = ()
+
 
 class Daemon:
     """Everything the gateway runs, as one async context: `async with Daemon(cfg) as d: await d.wait()`."""
 
     def __init__(self, cfg: Config, clock: Clock | None = None, status_port: int | None = None,
-                 drivers: Sequence[DriverFactory] = DEFAULT_DRIVERS) -> None:
+                 drivers: Sequence[DriverFactory] = DEFAULT_DRIVERS,
+                 services: Sequence[ServiceFactory] = DEFAULT_SERVICES) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.started_at = self.clock.time()
@@ -92,6 +100,8 @@ class Daemon:
              for e in cfg.schedules], self.tz, self.clock, self._fire_schedule)
         self.notifier = Notifier()
         self.watchdog_s = watchdog_interval_s()
+        self._service_factories = tuple(services)
+        self.services: list[Any] = []
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._bg: list[asyncio.Task[None]] = []
@@ -132,6 +142,10 @@ class Daemon:
                 self.cloud = await stack.enter_async_context(CloudService(self))
             for drv in self.drivers:
                 await stack.enter_async_context(drv)
+            for make in self._service_factories:
+                service = make(self)
+                if service is not None:
+                    self.services.append(await stack.enter_async_context(service))
             self._tasks = asyncio.TaskGroup()
             await stack.enter_async_context(self._tasks)
             stack.callback(self._cancel_background)

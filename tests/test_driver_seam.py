@@ -123,3 +123,34 @@ def test_check_config_says_what_no_code_reads(tmp_path: Path) -> None:
                                              {"id": "ble-1", "kind": "beacon_scanner"}]})
     warnings = [w for w in config_warnings(cfg) if "not implemented" in w or "reports nothing" in w]
     assert [w.split(":")[0] for w in warnings] == ["devices.ble-1"]   # gate-1 is a gate reader: read, reported
+
+
+async def test_a_service_runs_beside_the_drivers(tmp_path: Path) -> None:
+    """A decider (access control, bookings, the EMS) plugs in as a service: after the drivers, before their stop."""
+    seen: list[str] = []
+
+    class Service:
+        def __init__(self, daemon: Daemon) -> None:
+            self.daemon = daemon
+
+        async def __aenter__(self) -> Service:
+            seen.append(f"enter {self.daemon.states['gate-1'].get('port_open')}")
+            return self
+
+        async def __aexit__(self, *_exc: object) -> None:
+            seen.append("exit")
+
+    made: list[FakeReader] = []
+
+    def reader(cfg: Config, sink: DriverSink, clock: Clock) -> FakeReader | None:
+        drv = FakeReader.factory(cfg, sink, clock)
+        made.extend([drv] if drv else [])
+        return drv
+
+    daemon = Daemon(site(tmp_path), status_port=0, drivers=(reader,), services=(Service, lambda _d: None))
+    async with daemon:
+        assert seen == ["enter True"]          # the driver was up before the service started
+        assert [type(s).__name__ for s in daemon.services] == ["Service"]
+        assert made[0].exited == 0
+    assert seen == ["enter True", "exit"]
+    assert made[0].exited == 1
