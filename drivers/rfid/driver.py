@@ -5,7 +5,9 @@ reader's framing decoder and turns frames into taps; when the port fails (a USB 
 the device path gone or replaced, a `socket://` peer that closed) the reader goes offline and its
 port is reopened with jittered exponential backoff. A card held at a reader is one tap
 (`taps.RepeatFilter`). Every tap is published as a `card` event with `person` and `decision`
-null, and handed to `on_tap` when set: the access-control part decides on door readers there.
+null, and handed to `on_tap` when set. A tap on a door reader goes instead to `on_door_tap` when
+the access-control part has set it: that hook decides, opens the door and publishes the tap's one
+`card` event with its decision (a hook that cannot run, or raises, leaves the null event here).
 Readers are inputs only: `apply` and `pulse` refuse.
 """
 
@@ -67,7 +69,9 @@ class RfidDriver:
         self.sink = sink
         self.clock: Clock = clock or SystemClock()
         self.on_tap: TapHook | None = None
-        """Called with every tap (after its `card` event), in its own task; the access-control part sets it."""
+        """Called with every tap, in its own task."""
+        self.on_door_tap: TapHook | None = None
+        """Door readers' taps, in their own task: the hook publishes the `card` event (with the decision)."""
         self._rng = rng or random.Random()
         self._readers = {r.id: _Reader(r, decoder(r.framing), RepeatFilter(repeat_window_s)) for r in readers}
         self._kinds = dict.fromkeys(self._readers, Kind.RFID)
@@ -220,23 +224,32 @@ class RfidDriver:
                 continue
             r.counts["taps"] += 1
             tap = Tap(r.cfg.id, card, r.cfg.purpose, r.cfg.door, at, self.clock.time())
-            self._deliver(self.sink.on_event, "card", {"reader": tap.reader, "card": tap.card,
-                                                       "purpose": tap.purpose, "person": None, "decision": None})
+            door_hook = self.on_door_tap if tap.purpose == "door" else None
+            if door_hook is None or not self._spawn(door_hook, tap, publishes=True):
+                self._publish(tap)
             if self.on_tap is not None:
                 self._spawn(self.on_tap, tap)
 
-    def _spawn(self, hook: TapHook, tap: Tap) -> None:
+    def _publish(self, tap: Tap) -> None:
+        """The tap's `card` event without a decision (gate and health readers; doors nobody decides on)."""
+        self._deliver(self.sink.on_event, "card", {"reader": tap.reader, "card": tap.card,
+                                                   "purpose": tap.purpose, "person": None, "decision": None})
+
+    def _spawn(self, hook: TapHook, tap: Tap, *, publishes: bool = False) -> bool:
         if self._tg is None or self._stopping:
-            return
-        task = self._tg.create_task(self._call(hook, tap), name=f"rfid:{tap.reader}:tap")
+            return False
+        task = self._tg.create_task(self._call(hook, tap, publishes), name=f"rfid:{tap.reader}:tap")
         self._hooks.add(task)
         task.add_done_callback(self._hooks.discard)
+        return True
 
-    async def _call(self, hook: TapHook, tap: Tap) -> None:
+    async def _call(self, hook: TapHook, tap: Tap, publishes: bool) -> None:
         try:
             await hook(tap)
         except Exception:  # a failing hook must not stop the readers (the TaskGroup would)
-            log.exception("rfid reader %s: on_tap failed for card %s", tap.reader, tap.card)
+            log.exception("rfid reader %s: tap hook failed for card %s", tap.reader, tap.card)
+            if publishes:   # the tap is still reported (no event is ever dropped), without a decision
+                self._publish(tap)
 
     def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
         try:
