@@ -11,7 +11,9 @@ fans only: a door is refused by the control entry too, so a command journalled b
 
 Documents (`alarm.set`, `booking.put`, `booking.delete`, `access.put`) are stored durably in the
 daemon's key-value store and answered ok; the EMS, booking and access-control services read them
-with `load_document` (those services are separate issues: until they exist nothing acts on them).
+with `load_document`. A booking is checked first (a room with doors, an end still to come, who may
+put or delete it: `edge.bookings` says why) and its change wakes the booking service (bus topic
+"bookings"), which opens and relocks the room's doors.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Any, Protocol
 
 from cloud_sync.commands import TARGET_KINDS, Status, VerifiedCommand, result_payload
 from edge.core.arbiter import Source
+from edge.core.bookings import DOC_PREFIX, parse_time
 from edge.core.clock import Clock, iso
 from edge.core.config import Config, RelayChannel
 from edge.core.control import REJECTED_CODES, Ask, Control, Result
-from edge.core.events import EventBus
+from edge.core.events import EventBus, Message
 from edge.core.model import Kind
 from edge.core.store import StorageError, Store
 
@@ -39,7 +42,8 @@ ROLE_SOURCE = {"teacher": Source.TEACHER, "facility": Source.FACILITY, "admin": 
 # Key-value store keys of the stored documents.
 DOC_ALARM = "cloud/alarm"
 DOC_ACCESS = "cloud/access"
-DOC_BOOKINGS = "cloud/bookings/"   # + room id: {booking id: booking}
+DOC_BOOKINGS = DOC_PREFIX          # + room id: {booking id: booking}
+BOOKING_KEPT_S = 86400.0           # a booking this long over is dropped when its room's document is next written
 
 
 class Gateway(Protocol):
@@ -183,20 +187,80 @@ class Dispatcher:
         self._put(DOC_ALARM, {**cmd.params, **self._meta(cmd)})
         return self._result(cmd, "ok", "ok", f"{len(cmd.params['levels'])} alarm levels stored")
 
+    # -- bookings: who may do what is decided in edge.bookings' docstring ----------------------------
+    def _room_doors(self, room: str) -> list[str]:
+        return [c.id for c in self.gw.cfg.relay_channels() if c.kind == Kind.DOOR and c.room == room]
+
+    def _room_bookings(self, room: str) -> dict[str, Any]:
+        book = load_document(self.gw.store, DOC_BOOKINGS + room)
+        return book if isinstance(book, dict) else {}
+
+    def _put_bookings(self, room: str, book: dict[str, Any]) -> None:
+        now = self.gw.clock.time()
+
+        def kept(b: Any) -> bool:
+            try:
+                return bool(parse_time(b["end"]) > now - BOOKING_KEPT_S)
+            except (KeyError, TypeError, ValueError):
+                return False
+
+        self._put(DOC_BOOKINGS + room, {k: b for k, b in book.items() if kept(b)})
+        self.gw.bus.publish(Message("bookings", room, {"room": room}, now))   # wakes the booking service
+
+    @staticmethod
+    def _not_theirs(cmd: VerifiedCommand, booking: Any) -> str | None:
+        """Why a teacher may not replace or delete `booking` (None: they may)."""
+        owner = booking.get("by") if isinstance(booking, dict) else None
+        if cmd.role != "teacher" or owner == cmd.sub:
+            return None
+        return f"booking {cmd.params['id']} is {owner or 'nobody'}'s: a teacher changes only their own bookings"
+
     async def _booking_put(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        key = DOC_BOOKINGS + cmd.target
-        book = load_document(self.gw.store, key) or {}
-        book[cmd.params["id"]] = {**cmd.params, **self._meta(cmd)}
-        self._put(key, book)
-        return self._result(cmd, "ok", "ok", f"booking {cmd.params['id']} of room {cmd.target} stored")
+        room, bid = cmd.target, cmd.params["id"]
+        owner = cmd.params.get("by") or cmd.sub
+        if cmd.role == "teacher" and owner != cmd.sub:
+            return self._result(cmd, "rejected", "forbidden", f"a teacher books for themself: by {owner!r} is not"
+                                                              f" {cmd.sub!r}")
+        if not self._room_doors(room):
+            return self._result(cmd, "rejected", "bad_request", f"room {room} has no doors: a booking opens a"
+                                                                " room's doors")
+        start, end = parse_time(cmd.params["start"]), parse_time(cmd.params["end"])
+        now = self.gw.clock.time()
+        if end <= now:
+            return self._result(cmd, "rejected", "bad_request", f"the booking ended at {iso(end, self.gw.tz)},"
+                                                                " before now")
+        # a booking id is the site's: a put in another room moves the booking there
+        holders = {r.id: b for r in self.gw.cfg.rooms for b in [self._room_bookings(r.id)] if bid in b}
+        for r, book in holders.items():
+            why = self._not_theirs(cmd, book[bid])
+            if why is not None:
+                return self._result(cmd, "rejected", "forbidden", why + ("" if r == room else f" (in room {r})"))
+        book = holders.get(room) or self._room_bookings(room)
+        book[bid] = {**cmd.params, "by": owner, "stored_by": cmd.sub, "role": cmd.role, "command": cmd.id,
+                     "stored_at": self._now()}
+        self._put_bookings(room, book)
+        for r, other in holders.items():
+            if r != room:
+                del other[bid]
+                self._put_bookings(r, other)
+        lead = self.gw.cfg.bookings.lead_s
+        moved = "".join(f" (moved from room {r})" for r in holders if r != room)
+        return self._result(cmd, "ok", "ok", f"booking {bid} of room {room} stored{moved}: its doors open at"
+                                             f" {iso(max(start - lead, now), self.gw.tz)} and relock at"
+                                             f" {iso(end, self.gw.tz)}")
 
     async def _booking_delete(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        key = DOC_BOOKINGS + cmd.target
-        book = load_document(self.gw.store, key) or {}
-        gone = book.pop(cmd.params["id"], None)
-        self._put(key, book)
-        what = "deleted" if gone is not None else "was not stored (nothing to delete)"
-        return self._result(cmd, "ok", "ok", f"booking {cmd.params['id']} of room {cmd.target} {what}")
+        room, bid = cmd.target, cmd.params["id"]
+        book = self._room_bookings(room)
+        if bid not in book:
+            return self._result(cmd, "ok", "ok", f"booking {bid} of room {room} was not stored (nothing to delete)")
+        why = self._not_theirs(cmd, book[bid])
+        if why is not None:
+            return self._result(cmd, "rejected", "forbidden", why)
+        del book[bid]
+        self._put_bookings(room, book)
+        return self._result(cmd, "ok", "ok", f"booking {bid} of room {room} deleted: its doors relock now unless"
+                                             " another booking holds them open")
 
     async def _access_put(self, cmd: VerifiedCommand) -> dict[str, Any]:
         have = load_document(self.gw.store, DOC_ACCESS)

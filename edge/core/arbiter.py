@@ -197,6 +197,23 @@ class Arbiter:
             return Outcome(False, exc.code, exc.message, self.effective(actuator), {})
         return Outcome(True, "ok", f"pulsed for {seconds:g} s", self.effective(actuator), {"on": True})
 
+    async def lock(self, actuator: str, source: Source) -> Outcome:
+        """Switch off now, once (a door's relock: ends its pulse), unless a higher source holds it on.
+
+        Nothing is stored: a held "off" would veto every later unlock below its source.
+        """
+        held = self.holders(actuator, source, {"on": False})
+        if held:
+            h = held["on"]
+            return Outcome(False, "forbidden", f"{actuator} is held open by {h.source.name.lower()}",
+                           self.effective(actuator), {}, held=held)
+        async with self._a(actuator).lock:
+            try:
+                verified = dict(await self._act.apply(actuator, {"on": False}))
+            except ApplyError as exc:
+                return Outcome(False, exc.code, exc.message, self.effective(actuator), {})
+        return Outcome(True, "ok", "switched off", self.effective(actuator), verified)
+
     async def set_baseline(self, actuator: str, fields: Mapping[str, Any], requester: str) -> Outcome:
         """Switch once (a schedule): replace what teachers and defaults asked for these fields."""
         st = self._a(actuator)

@@ -209,6 +209,23 @@ class ControlConfig(_M):
         return self
 
 
+class BookingsConfig(_M):
+    """Venue bookings (`edge.bookings`): a booked room's doors open `lead_s` before the start, relock at the end."""
+
+    lead_s: float = Field(1800.0, ge=0, le=86400, description="how long before a booking's start its room's doors open")
+    pulse_s: float = Field(60.0, ge=2, le=3600, description="each unlock is a hardware-timed pulse this long: a dead"
+                                                            " gateway's door relocks within it")
+    renew_s: float = Field(20.0, ge=1, le=3600, description="the pulse is renewed this often while the room is open")
+    precool: bool = Field(False, description="also switch the room's ACs on (cool) for the booking, through the"
+                                             " arbiter and the energy manager's admission")
+
+    @model_validator(mode="after")
+    def _renew_first(self) -> BookingsConfig:
+        if self.renew_s >= self.pulse_s:
+            raise ValueError("renew_s must be below pulse_s (the pulse is renewed before it ends)")
+        return self
+
+
 class SimulationConfig(_M):
     """Knobs of the virtual school (`campus-edge simulate`); ignored by the daemon."""
 
@@ -236,6 +253,7 @@ class Config(_M):
     schedules: list[ScheduleEntry] = Field(default_factory=list)
     simulation: SimulationConfig = SimulationConfig()
     control: ControlConfig = Field(default_factory=ControlConfig)
+    bookings: BookingsConfig = Field(default_factory=BookingsConfig)
     status_port: int = Field(8765, ge=0, le=65535, description="loopback HTTP status API (0 = any free port)")
 
     # -- look-ups used everywhere ---------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The one way in: every control source asks here, with the same models, policies and answers.
 
 Cloud commands, the local operator (CLI over the control socket), schedules, bookings and the
-energy manager all call `Control.ask` (or `pulse` for a door, `release` to let go). Each request
-is validated by the same strict models (booleans are booleans, numbers are numbers: a word such as
-"off" is parsed once by the CLI, never by `bool(str)`), checked against the same policies (the
-setpoint range, the modes, the door pulse's maximum; the compressor's minimum off time is the
-arbiter's, for every source), offered to the admission hook (the energy manager's seat), given a
-hold (by default until the end of the school day), and answered with one result vocabulary.
+energy manager all call `Control.ask` (or `pulse` to open a door, `lock` to relock it at once,
+`release` to let go). Each request is validated by the same strict models (booleans are booleans,
+numbers are numbers: a word such as "off" is parsed once by the CLI, never by `bool(str)`), checked
+against the same policies (the setpoint range, the modes, the door pulse's maximum; the compressor's
+minimum off time is the arbiter's, for every source), offered to the admission hook (the energy
+manager's seat), given a hold (by default until the end of the school day), and answered with one
+result vocabulary.
 
 An `ok` is true: without `deferred_until` it means the device now holds the requested values, read
 back; when a higher-priority holder keeps a field the result says who (`overridden_by`) and until
@@ -258,6 +259,33 @@ class Control:
                                  "source": source.name.lower()})
         return Result("ok", "ok", f"{target} unlocked for {seconds:g} s", target, self._state(target),
                       until=self.clock.time() + float(seconds))
+
+    async def lock(self, target: str, source: Source, requester: str) -> Result:
+        """Relock a door now: its unlock pulse ends at once (a one-shot write, no hold is kept).
+
+        No admission: a lock draws no power. A higher source that holds the door open (an
+        evacuation) keeps it open: the answer says who.
+        """
+        kind = self.kinds.get(target)
+        if kind is None:
+            return refusal(target, "unknown_target", f"no device {target!r}")
+        if kind != Kind.DOOR:
+            return refusal(target, "bad_request", f"{target} is a {kind}: only doors lock")
+        if not self.online(target):
+            return refusal(target, "device_offline", f"{target} is offline")
+        out = await self.arbiter.lock(target, source)
+        if not out.ok:
+            h = out.held.get("on")
+            return Result("rejected" if out.code in REJECTED_CODES else "failed", out.code, out.message, target,
+                          self._state(target), overridden_by=h, held_fields=("on",) if h else ())
+        state = {**self.actual(target), **out.verified}
+        if state.get("on") is not False:
+            return Result("failed", "write_failed", f"{target} reports on={state.get('on')!r} after the lock",
+                          target, state)
+        log.info("%s locked by %s", target, requester)
+        if self.events is not None:
+            self.events("door", {"door": target, "action": "lock", "by": requester, "source": source.name.lower()})
+        return Result("ok", "ok", f"{target} locked", target, state)
 
     # -- answers ----------------------------------------------------------------------------------
     def _state(self, target: str) -> dict[str, Any] | None:
