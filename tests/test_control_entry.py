@@ -214,3 +214,26 @@ async def test_a_door_pulse_is_bounded_and_vetoed_by_a_higher_holder() -> None:
     assert out.overridden_by is not None
     assert out.overridden_by.source == Source.SAFETY
     assert sum(1 for _a, f in unit.writes if "pulse" in f) == 1
+
+
+async def test_an_explicit_null_is_refused() -> None:
+    ctl, unit, _clock, _seen = entry()
+    for fields in ({"power_on": None}, {"setpoint_c": None, "mode": "cool"}, {"fan": None}):
+        out = await ctl.ask(Ask("ac-1", fields, Source.FACILITY, "f"))
+        assert (out.status, out.code) == ("rejected", "bad_request"), fields
+    assert unit.writes == []
+
+
+async def test_an_off_request_under_a_held_deferred_start_does_not_say_deferred() -> None:
+    ctl, unit, clock, _seen = entry()
+    await ctl.ask(Ask("ac-1", {"power_on": True}, Source.TEACHER, "t"))
+    await ctl.ask(Ask("ac-1", {"power_on": False}, Source.TEACHER, "t"))
+    clock.advance(5)
+    held_on = await ctl.ask(Ask("ac-1", {"power_on": True}, Source.FACILITY, "f", hold_s=600))
+    assert held_on.deferred_until is not None
+    out = await ctl.ask(Ask("ac-1", {"power_on": False}, Source.TEACHER, "t"))
+    assert out.ok
+    assert out.deferred_until is None
+    assert "deferred" not in out.message
+    assert out.overridden_by is not None
+    assert unit.state["ac-1"]["power_on"] is False

@@ -54,6 +54,9 @@ class AcFields(_Strict):
     def _something(self) -> AcFields:
         if not self.model_fields_set:
             raise ValueError("at least one of power_on, mode, setpoint_c, fan")
+        nulls = sorted(k for k in self.model_fields_set if getattr(self, k) is None)
+        if nulls:   # an explicit null is not "leave it": it would reach the device as None
+            raise ValueError(f"{', '.join(nulls)}: a value is required (leave the field out to keep it)")
         return self
 
 
@@ -309,8 +312,9 @@ class Control:
             fields_txt = ", ".join(sorted(held))
             when = "" if holder.until is None else f" until {iso(holder.until, self.tz)}"
             parts.append(f"{fields_txt} held by {holder.source.name.lower()}{when}; yours applies when that ends")
-        if deferred is not None and "power_on" in pending:
+        starts = typed.get("power_on") is True and "power_on" not in held
+        if deferred is not None and starts:
             parts.append(f"start deferred until {iso(deferred, self.tz)} (compressor minimum off time)")
         return Result("ok", "ok", "; ".join(parts), target, state,
-                      deferred_until=deferred if "power_on" in pending and "power_on" not in held else None,
+                      deferred_until=deferred if starts else None,
                       overridden_by=holder, held_fields=tuple(sorted(held)), until=until)
