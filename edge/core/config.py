@@ -118,6 +118,8 @@ class RelayChannel(_M):
     channel: int = Field(ge=0, le=63)
     room: Id | None = None
     name: str = ""
+    unlock_s: float = Field(5.0, ge=1, le=3600, description="a door: how long a card let in by the access list"
+                                                             " unlocks it (at most control.max_unlock_s)")
 
 
 class RfidReader(_M):
