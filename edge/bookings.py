@@ -204,7 +204,8 @@ class BookingService:
 
     async def _pulse(self, door: str, left_s: float, ids: tuple[str, ...]) -> None:
         seconds = round(max(1.0, min(self.pulse_s, left_s)), 1)
-        out = await self.daemon.control.pulse(door, seconds, Source.BOOKING, "booking:" + ",".join(ids))
+        out = await self.daemon.control.pulse(door, seconds, Source.BOOKING, "booking:" + ",".join(ids),
+                                              announce=door not in self.held)
         # renewed, or (offline, a lockdown that vetoes it) asked again, at the next renewal time
         self.due[door] = self.clock.monotonic() + self.renew_s
         if out.ok:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from drivers.beacon.driver import BeaconDriver
 from drivers.modbus.driver import ModbusDriver
 from drivers.rfid.driver import RfidDriver
+from edge.bookings import BookingService
 from edge.config import config_warnings
 from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import Clock, SystemClock, iso
@@ -50,7 +51,7 @@ ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
 """A decider that runs beside the drivers (access control, bookings, the energy manager): built from the
 running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
 
-DEFAULT_SERVICES: tuple[ServiceFactory, ...] = ()
+DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon,)
 
 
 class Daemon:
@@ -310,7 +311,8 @@ class Daemon:
 
     # -- local APIs ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {"devices": self.states}
+        """Device states, plus what each service reports (bookings: rooms open, until when, windows)."""
+        return {"devices": self.states, **{s.name: s.status() for s in self.services if hasattr(s, "status")}}
 
     def holds(self, device_id: str) -> list[dict[str, Any]]:
         return [{"source": r.source.name.lower(), "by": r.requester, "fields": dict(r.fields),

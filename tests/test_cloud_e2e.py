@@ -18,12 +18,14 @@ from mqtt_broker import Broker
 
 from cloud_sync.keys import generate_keypair, key_id, load_private_key, sign_command
 from cloud_sync.topics import Topics
+from edge.core.clock import iso
 from edge.core.config import Config
 from edge.core.control import admit_all
 from edge.daemon import Daemon
 from simulator.app import VirtualSchool
 
 pytestmark = pytest.mark.timeout(30)
+TZ = ZoneInfo("Asia/Taipei")
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +205,11 @@ async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool,
     from cloud_sync.dispatch import DOC_ACCESS, DOC_BOOKINGS, load_document
 
     assert load_document(daemon.store, DOC_ACCESS)["version"] == 2
-    res = await run(action="booking.put", target="302", params={
-        "id": "b1", "start": "2026-06-16T10:00:00+08:00", "end": "2026-06-16T11:00:00+08:00", "title": "PTA"})
+    start = time.time() + 7200   # a room with a door (door-101), a booking still to come
+    res = await run(action="booking.put", target="101", params={
+        "id": "b1", "start": iso(start, TZ), "end": iso(start + 3600, TZ), "title": "PTA"})
     assert res["status"] == "ok", res
-    assert load_document(daemon.store, DOC_BOOKINGS + "302")["b1"]["title"] == "PTA"
+    assert load_document(daemon.store, DOC_BOOKINGS + "101")["b1"]["title"] == "PTA"
 
     daemon.control.admission = lambda target, kind, fields, source: "over the contract" if kind == "ac" else None
     res = await run(target="ac-302a", params={"power_on": True})
@@ -294,9 +297,9 @@ async def test_payloads_of_a_running_daemon_match_the_asyncapi_document(
             claims(action="relay.set", target="light-301", params={"on": True}),
             claims(action="door.unlock", target="door-101", params={"seconds": 1}),
             claims(action="alarm.set", target="site", params={"levels": [{"level": "warning", "demand_kw": 170}]}),
-            claims(action="booking.put", target="301", params={"id": "b9", "start": "2026-06-16T08:00:00+08:00",
-                                                               "end": "2026-06-16T09:00:00+08:00"}),
-            claims(action="booking.delete", target="301", params={"id": "b9"}),
+            claims(action="booking.put", target="101", params={"id": "b9", "start": iso(time.time() + 7200, TZ),
+                                                               "end": iso(time.time() + 10800, TZ)}),
+            claims(action="booking.delete", target="101", params={"id": "b9"}),
             claims(action="access.put", target="site", params={"version": 3, "cards": [
                 {"card": "13961168", "person": "S1001", "doors": ["door-101"],
                  "windows": [{"days": "mon-fri", "from": "07:00", "to": "18:00"}], "valid_until": "2027-07-31"}]}),

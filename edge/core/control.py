@@ -236,7 +236,8 @@ class Control:
         log.info("%s: %s by %s (%s)", target, what, requester, source.name.lower())
         return Result("ok", "ok", what, target, self._state(target))
 
-    async def pulse(self, target: str, seconds: Any, source: Source, requester: str) -> Result:
+    async def pulse(self, target: str, seconds: Any, source: Source, requester: str, *,
+                    announce: bool = True) -> Result:
         """Open a door for `seconds`: a pulse the relay board ends by itself, unless a higher source holds it shut."""
         kind = self.kinds.get(target)
         if kind is None:
@@ -257,7 +258,7 @@ class Control:
             return Result("rejected" if out.code in REJECTED_CODES else "failed", out.code, out.message, target,
                           self._state(target), overridden_by=h, held_fields=("on",) if h else ())
         log.info("%s unlocked for %g s by %s", target, seconds, requester)
-        if self.events is not None:
+        if self.events is not None and announce:   # a renewal of a held-open door (bookings) is not news
             self.events("door", {"door": target, "action": "unlock", "seconds": seconds, "by": requester,
                                  "source": source.name.lower()})
         return Result("ok", "ok", f"{target} unlocked for {seconds:g} s", target, self._state(target),
