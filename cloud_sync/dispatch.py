@@ -263,11 +263,17 @@ class Dispatcher:
                                              " another booking holds them open")
 
     async def _access_put(self, cmd: VerifiedCommand) -> dict[str, Any]:
-        have = load_document(self.gw.store, DOC_ACCESS)
+        try:
+            have = load_document(self.gw.store, DOC_ACCESS)
+            stored = int(have["version"]) if isinstance(have, dict) else None
+        except (ValueError, KeyError, TypeError):   # a damaged stored list: the cloud must be able to replace it
+            log.warning("the stored access list does not parse; access.put replaces it")
+            stored = None
         version = int(cmd.params["version"])
-        if have is not None and int(have["version"]) > version:
-            return self._result(cmd, "ok", "ok", f"ignored: version {version} is older than the stored"
-                                                 f" version {have['version']}")
+        if stored is not None and stored > version:
+            # an ok is true: an older list is not stored, and the answer says so
+            return self._result(cmd, "rejected", "bad_request", f"version {version} is older than the stored"
+                                                                f" version {stored}: not stored")
         self._put(DOC_ACCESS, {**cmd.params, **self._meta(cmd)})
         return self._result(cmd, "ok", "ok", f"access list version {version} stored"
                                              f" ({len(cmd.params['cards'])} cards)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cloud_sync.checks import cloud_file_checks
 from drivers.modbus.checks import framing_warnings, profile_checks
-from edge.core.config import BeaconScanner, Config, RfidReader
+from edge.core.config import BeaconScanner, Config
 from edge.core.loader import load_config as _load
 
 CHECKS = (profile_checks, cloud_file_checks)
@@ -65,9 +65,6 @@ def config_warnings(cfg: Config) -> list[str]:
     """Allowed but probably wrong, or configured but not acted on: each a line for the log and check-config."""
     out = framing_warnings(cfg) + storage_warnings(cfg)
     for dev in cfg.devices:
-        if isinstance(dev, RfidReader) and dev.purpose == "door":
-            out.append(f"devices.{dev.id}: door decisions (access lists) are not implemented yet: taps are"
-                       f" reported as card events with decision null and open nothing")
         if isinstance(dev, BeaconScanner) and not dev.beacons and not dev.report_unknown:
             out.append(f"devices.{dev.id}: no beacon is mapped to a person and report_unknown is off:"
                        f" it reports nothing")

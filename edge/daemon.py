@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from drivers.beacon.driver import BeaconDriver
 from drivers.modbus.driver import ModbusDriver
 from drivers.rfid.driver import RfidDriver
+from edge.access import AccessService
 from edge.bookings import BookingService
 from edge.config import config_warnings
 from edge.core.arbiter import Arbiter, Source
@@ -51,7 +52,7 @@ ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
 """A decider that runs beside the drivers (access control, bookings, the energy manager): built from the
 running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
 
-DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon,)
+DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, AccessService.from_daemon)
 
 
 class Daemon:

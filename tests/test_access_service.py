@@ -251,7 +251,7 @@ async def test_an_older_list_never_replaces_a_newer_one(tmp_path: Path) -> None:
         assert (out["status"], out["code"]) == ("ok", "ok"), out
         assert (await r.tap(READER, PUPIL))["decision"] == "granted"     # in force from the next tap
         out = await cloud.execute(command("v3", access_doc(3, entry(STRANGER, "S9")))) # late, older
-        assert (out["status"], out["code"]) == ("ok", "ok")
+        assert (out["status"], out["code"]) == ("rejected", "bad_request")
         assert "older" in out["message"]
         assert (await r.tap(READER, STRANGER))["reason"] == "unknown_card"
         assert service(r.daemon).allow is not None
@@ -287,9 +287,6 @@ async def test_a_corrupt_stored_list_is_rejected_whole_and_never_stops_the_doors
         assert service(r.daemon).allow.version == 4
 
 
-@pytest.mark.xfail(strict=True, raises=json.JSONDecodeError,
-                   reason="cloud_sync.dispatch._access_put reads the stored list with load_document, which raises on"
-                          " a corrupt one: every later access.put fails (write_failed) and the cloud cannot repair it")
 async def test_the_cloud_can_replace_a_corrupt_stored_list(tmp_path: Path) -> None:
     async with rig(tmp_path, stored='{"version": 4, "cards": [{"card": "13961') as r:
         out = await Dispatcher(r.daemon).execute(command("v4", THE_LIST))

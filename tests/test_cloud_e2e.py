@@ -200,7 +200,7 @@ async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool,
         {"card": "13961168", "person": "S1001", "doors": ["door-101"]}]})
     assert res["status"] == "ok", res
     res = await run(action="access.put", target="site", params={"version": 1, "cards": []})
-    assert res["status"] == "ok"
+    assert (res["status"], res["code"]) == ("rejected", "bad_request")   # not stored, and said so
     assert "older" in res["message"]
     from cloud_sync.dispatch import DOC_ACCESS, DOC_BOOKINGS, load_document
 
