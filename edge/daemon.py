@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from drivers.beacon.driver import BeaconDriver
 from drivers.modbus.driver import ModbusDriver
-from drivers.rfid.driver import RfidDriver
-from edge.access import AccessService
 from edge.bookings import BookingService
 from edge.config import config_warnings
 from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import Clock, SystemClock, iso
-from edge.core.config import Config
+from edge.core.config import BeaconScanner, Config, RfidReader
 from edge.core.control import Ask, Control, Result
-from edge.core.driver import PULSE, ApplyError, Driver, DriverFactory
+from edge.core.driver import PULSE, ApplyError, Driver, DriverFactory, DriverSink
 from edge.core.events import EventBus, Message
 from edge.core.model import CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blank_state
 from edge.core.schedule import ScheduleRunner, fields_for
@@ -44,15 +41,41 @@ log = logging.getLogger("campus_edge.daemon")
 VERSION = "0.1.0"
 FLUSH_S = 60.0  # state rows written to the SD card at most this often (wear)
 
-DEFAULT_DRIVERS: tuple[DriverFactory, ...] = (ModbusDriver.from_config, RfidDriver.from_config,
-                                              BeaconDriver.from_config)
+def rfid_driver(cfg: Config, sink: DriverSink, clock: Clock) -> Driver | None:
+    """RFID readers, where the site has any."""
+    if not any(isinstance(d, RfidReader) for d in cfg.devices):
+        return None
+    from drivers.rfid.driver import RfidDriver  # lazy: the serial libraries (~6 MB) only where a reader is configured
+
+    return RfidDriver.from_config(cfg, sink, clock)
+
+
+def beacon_driver(cfg: Config, sink: DriverSink, clock: Clock) -> Driver | None:
+    """BLE beacon scanners, where the site has any (bleak itself is imported later still, by its backend)."""
+    if not any(isinstance(d, BeaconScanner) for d in cfg.devices):
+        return None
+    from drivers.beacon.driver import BeaconDriver  # lazy: only where a scanner is configured
+
+    return BeaconDriver.from_config(cfg, sink, clock)
+
+
+def access_service(daemon: Daemon) -> AbstractAsyncContextManager[Any] | None:
+    """Door decisions from the access list, where a door reader is configured."""
+    if not any(isinstance(d, RfidReader) and d.purpose == "door" for d in daemon.cfg.devices):
+        return None
+    from edge.access import AccessService  # lazy: it knows the RFID driver (serial libraries)
+
+    return AccessService.from_daemon(daemon)
+
+
+DEFAULT_DRIVERS: tuple[DriverFactory, ...] = (ModbusDriver.from_config, rfid_driver, beacon_driver)
 """Every kind of hardware the gateway drives: a new one is a driver factory added here."""
 
 ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
 """A decider that runs beside the drivers (access control, bookings, the energy manager): built from the
 running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
 
-DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, AccessService.from_daemon)
+DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, access_service)
 
 
 class Daemon:

@@ -24,9 +24,9 @@ from edge.core.control import Ask
 from edge.core.driver import ApplyError
 from edge.core.events import Message
 from edge.core.model import Kind, ReaderState
-from edge.daemon import DEFAULT_DRIVERS, Daemon
+from edge.daemon import DEFAULT_DRIVERS, Daemon, beacon_driver
 
-OTHERS = tuple(f for f in DEFAULT_DRIVERS if f != BeaconDriver.from_config)  # the real drivers but ours
+OTHERS = tuple(f for f in DEFAULT_DRIVERS if f is not beacon_driver)  # the real drivers but ours
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "beacon"
 CASES = {c["name"]: c for c in json.loads((FIXTURES / "advertisements.json").read_text())}

@@ -30,7 +30,7 @@ from edge.core.config import Config, RfidReader
 from edge.core.control import Ask
 from edge.core.driver import ApplyError
 from edge.core.model import DeviceState, Kind, ReaderState
-from edge.daemon import DEFAULT_DRIVERS, Daemon
+from edge.daemon import DEFAULT_DRIVERS, Daemon, rfid_driver
 from simulator.ptys import PtyPair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -355,7 +355,7 @@ async def test_the_driver_in_the_daemon_publishes_card_events(tmp_path: Path) ->
             "storage": {"path": str(tmp_path / "state")},
             "devices": [{"id": "gate-1", "kind": "rfid", "port": p.url, "framing": "rdm6300", "purpose": "gate"}],
         })
-        others = [f for f in DEFAULT_DRIVERS if f != RfidDriver.from_config]   # before and after its registration
+        others = [f for f in DEFAULT_DRIVERS if f is not rfid_driver]   # before and after its registration
         daemon = Daemon(cfg, status_port=0, drivers=(*others, RfidDriver.from_config))
         assert daemon.kinds == {"gate-1": Kind.RFID}
         assert daemon.unowned == []
