@@ -6,14 +6,13 @@ shape and types only; the policy ranges (setpoints, door pulse length) are the v
 
 from __future__ import annotations
 
-import re
-from datetime import date, datetime, time
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge.core.access import AccessPut
 from edge.core.control import AcFields, SwitchFields
-from edge.core.schedule import parse_days
 
 MAX_ID_LEN = 128
 
@@ -82,54 +81,7 @@ class BookingDelete(Params):
     id: str = IdStr
 
 
-class Window(Params):
-    days: str   # the schedules' grammar (edge.core.schedule.parse_days): mon-fri, sat,sun, daily
-    from_: str = Field(alias="from")
-    to: str
-
-    @field_validator("days")
-    @classmethod
-    def _days(cls, v: str) -> str:
-        parse_days(v)
-        return v
-
-    @field_validator("from_", "to")
-    @classmethod
-    def _hhmm(cls, v: str) -> str:
-        if not re.fullmatch(r"\d\d:\d\d", v):
-            raise ValueError("HH:MM is expected")
-        time.fromisoformat(v)  # ValueError for 25:00
-        return v
-
-    @model_validator(mode="after")
-    def _order(self) -> Window:
-        if self.to <= self.from_:
-            raise ValueError("'to' must be after 'from'")
-        return self
-
-
-class Card(Params):
-    card: str = Field(pattern=r"^[0-9]{1,20}$")
-    person: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN)
-    doors: list[str] = Field(max_length=256)
-    windows: list[Window] | None = None
-    valid_until: str | None = None
-
-    @field_validator("valid_until")
-    @classmethod
-    def _date(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                date.fromisoformat(v)
-            except ValueError:
-                raise ValueError("YYYY-MM-DD is expected") from None
-        return v
-
-
-class AccessPut(Params):
-    version: int = Field(ge=0)
-    cards: list[Card]
-
+__all__ = ["PARAMS", "AcSet", "AccessPut", "DoorUnlock", "RelaySet"]   # AccessPut: the core's, re-exported
 
 PARAMS: dict[str, type[BaseModel]] = {
     "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet,

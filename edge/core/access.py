@@ -23,6 +23,7 @@ card a reader reports as "13961168". A document that does not validate is reject
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
@@ -102,7 +103,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-class _Window(_Strict):
+class AccessWindow(_Strict):
     days: str
     from_: str = Field(alias="from")
     to: str
@@ -116,37 +117,47 @@ class _Window(_Strict):
     @field_validator("from_", "to")
     @classmethod
     def _hhmm(cls, v: str) -> str:
-        parse_hhmm(v)
+        if not re.fullmatch(r"\d\d:\d\d", v):
+            raise ValueError("HH:MM is expected")
+        parse_hhmm(v)   # ValueError for 25:00
         return v
 
     @model_validator(mode="after")
-    def _order(self) -> _Window:
+    def _order(self) -> AccessWindow:
         if parse_hhmm(self.to) <= parse_hhmm(self.from_):
             raise ValueError("'to' must be after 'from'")
         return self
 
 
-class _Card(_Strict):
+class AccessCard(_Strict):
     card: str = Field(pattern=rf"^[0-9]{{1,{MAX_CARD_DIGITS}}}$")
     person: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN)
     doors: list[str] = Field(max_length=256)
-    windows: list[_Window] | None = None
+    windows: list[AccessWindow] | None = None
     valid_until: str | None = None
 
     @field_validator("valid_until")
     @classmethod
     def _date(cls, v: str | None) -> str | None:
         if v is not None:
-            date.fromisoformat(v)   # ValueError: YYYY-MM-DD is expected
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                raise ValueError("YYYY-MM-DD is expected") from None
         return v
 
 
-class _Document(BaseModel):
-    # the stored document also carries who sent it and when (by, role, command, stored_at): ignored here
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+class AccessPut(_Strict):
+    """The `access.put` params (CONTRACT.md section 3): the verifier checks commands with this model and
+    the door service parses the stored document with it (one shape, written once)."""
 
     version: int = Field(ge=0)
-    cards: list[_Card]
+    cards: list[AccessCard]
+
+
+class _Document(AccessPut):
+    # the stored document also carries who sent it and when (by, role, command, stored_at): ignored here
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
 def _problems(exc: ValidationError) -> str:
