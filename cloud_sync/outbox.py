@@ -447,7 +447,7 @@ class Outbox:
                 self._disk_free = None
         low_disk = self._disk_free is not None and self._disk_free < self.min_free_bytes
         # telemetry makes room by itself; the alarm is about what may never be dropped
-        precious = self._bytes_cls["event"] + self._bytes_cls["result"]
+        precious = self._precious_bytes()
         raise_it = low_disk or precious >= (ALARM_CLEAR_AT if self._alarm else ALARM_AT) * self.max_bytes
         if raise_it != self._alarm:
             self._alarm = raise_it
@@ -466,9 +466,12 @@ class Outbox:
 
         New commands are refused then (their results would need room events cannot give up).
         """
-        precious = self._bytes_cls["event"] + self._bytes_cls["result"]
         low_disk = self._disk_free is not None and self._disk_free < self.min_free_bytes // 2
-        return precious >= self.max_bytes or low_disk
+        return self._precious_bytes() >= self.max_bytes or low_disk
+
+    def _precious_bytes(self) -> int:
+        """What may never be dropped: events and results."""
+        return self._bytes_cls["event"] + self._bytes_cls["result"]
 
     @property
     def alarm(self) -> bool:

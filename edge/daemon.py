@@ -30,7 +30,7 @@ from edge.core.config import BeaconScanner, Config, RfidReader
 from edge.core.control import Ask, Control, Result
 from edge.core.driver import PULSE, ApplyError, Driver, DriverFactory, DriverSink
 from edge.core.events import EventBus, Message
-from edge.core.model import CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blank_state
+from edge.core.model import CHANNEL_KINDS, CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blank_state
 from edge.core.schedule import ScheduleRunner, fields_for
 from edge.core.store import Store
 from edge.http import HttpServer
@@ -282,7 +282,7 @@ class Daemon:
             self.arbiter.forget_applied(device_id)
             if self._tasks is not None and self.kinds.get(device_id) in CONTROLLABLE_KINDS:
                 self._tasks.create_task(self.arbiter.reconcile(device_id), name=f"reapply-{device_id}")
-        if self.kinds.get(device_id) not in (Kind.LIGHT, Kind.FAN, Kind.DOOR):  # one event per physical device
+        if self.kinds.get(device_id) not in CHANNEL_KINDS:  # one event per physical device, not per channel
             self.on_event("fault", {"device": device_id, "code": "online" if online else "offline",
                                     "message": reason})
 
@@ -398,10 +398,10 @@ class Daemon:
         return 200, {"state": self.states.get(target), "holds": self.holds(target)}
 
     def gateway_info(self) -> dict[str, Any]:
+        drivers = {d.name: d.stats() for d in self.drivers}   # each driver asked once
         return {"school_id": self.cfg.site.school_id, "gateway_id": self.cfg.site.gateway_id,
                 "version": VERSION, "started_at": iso(self.started_at, self.tz),
-                "drivers": {d.name: d.stats() for d in self.drivers},
-                "buses": {k: v for d in self.drivers if d.name == "modbus" for k, v in d.stats().items()}}
+                "drivers": drivers, "buses": dict(drivers.get("modbus", {}))}
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of device health and bus counters."""
@@ -410,7 +410,8 @@ class Daemon:
                   for d, s in sorted(self.states.items())]
         lines.append("# TYPE campus_edge_modbus_requests_total counter")
         lines.append("# TYPE campus_edge_modbus_errors_total counter")
-        for bus_id, st in sorted(self.gateway_info()["buses"].items()):
+        modbus = next((d for d in self.drivers if d.name == "modbus"), None)
+        for bus_id, st in sorted((modbus.stats() if modbus is not None else {}).items()):
             lines.append(f'campus_edge_modbus_requests_total{{bus="{bus_id}"}} {st.get("requests", 0)}')
             for kind, n in sorted(st.get("errors", {}).items()):
                 lines.append(f'campus_edge_modbus_errors_total{{bus="{bus_id}",kind="{kind}"}} {n}')

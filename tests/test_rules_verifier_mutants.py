@@ -10,10 +10,10 @@ Keys, tokens and targets come from test_commands, the assertions from test_verif
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_verifier_rules
 from test_commands import AUD, NOW, Env
 from test_verifier_rules import NO_ROOM, accepted, refused
 
@@ -21,14 +21,7 @@ from cloud_sync.commands import MAX_PAYLOAD_BYTES, Rejection, VerifiedCommand
 from cloud_sync.journal import PRUNE_EVERY_S, SKEW_S, CommandJournal
 from cloud_sync.params import MAX_ID_LEN
 
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    e.verifier.journal.close()
-    e.verifier = e.make(resolver=NO_ROOM.get)
-    yield e
-    e.verifier.journal.close()
+env = test_verifier_rules.env   # the same verifier over NO_ROOM: one fixture, not a copy
 
 
 # -- wrong_audience ------------------------------------------------------------------------------------

@@ -121,11 +121,6 @@ class ModbusDriver:
     def devices(self) -> Mapping[str, Kind]:
         return self._kinds
 
-    def board_of(self, device_id: str) -> str:
-        """The Modbus device that answers for `device_id` (a channel's board, or the device itself)."""
-        ch = self._channel.get(device_id)
-        return ch.device.relay if ch is not None else device_id
-
     def channels(self, device_id: str) -> int:
         prof = self._profiles.get(device_id)
         return (prof.channels or 0) if prof is not None else 0
@@ -193,6 +188,3 @@ class ModbusDriver:
     def on_health(self, h: DeviceHealth) -> None:
         for dev_id in [h.device_id] + [c.device.id for c in self._channels_of.get(h.device_id, [])]:
             self.sink.on_health(dev_id, h.online, h.reason)
-
-    def first_cycle_done(self, device_id: str) -> bool:
-        return not self._unread.get(self.board_of(device_id))

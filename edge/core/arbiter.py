@@ -233,7 +233,9 @@ class Arbiter:
         base.update(fields)
         st.requests[Source.DEFAULT] = Request(actuator, Source.DEFAULT, base, None, requester, self._clock.time())
         self._persist(st.requests[Source.DEFAULT])
-        return await self.reconcile(actuator, focus=set(fields))
+        out = await self.reconcile(actuator, focus=set(fields))
+        held = self.holders(actuator, Source.DEFAULT, fields) if out.ok else {}
+        return replace(out, held=held) if held else out
 
     async def release(self, actuator: str, source: Source) -> Outcome:
         st = self._a(actuator)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -219,9 +219,7 @@ class Control:
             _kind, typed = self._check(target, fields, Source.SCHEDULE)
         except Refused as r:
             return refusal(target, r.code, r.message, self._state(target))
-        out = await self.arbiter.set_baseline(target, typed, requester)
-        held = self.arbiter.holders(target, Source.DEFAULT, typed)
-        return self._answer(target, typed, replace(out, held=held), None)
+        return self._answer(target, typed, await self.arbiter.set_baseline(target, typed, requester), None)
 
     async def release(self, target: str, source: Source, requester: str) -> Result:
         """Withdraw `source`'s request on `target`: what the others asked for comes back."""

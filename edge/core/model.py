@@ -6,8 +6,7 @@ appears only at the JSON edges (`as_json`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -57,13 +56,18 @@ def writable(kind: Kind) -> tuple[str, ...]:
     return ()
 
 
-def _json(obj: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-            ((name, getattr(obj, name)) for name in obj.__slots__)}
+class _State:
+    """A STATE's JSON form (tuples become lists): the one `as_json` of every kind's state."""
+
+    __slots__ = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in fields(self)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
-class AcState:
+class AcState(_State):
     power_on: bool | None = None
     mode: AcMode | None = None
     setpoint_c: float | None = None
@@ -72,12 +76,10 @@ class AcState:
     fault: str | None = None
     power_w: float | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return _json(self)
 
 
 @dataclass(frozen=True, slots=True)
-class MeterState:
+class MeterState(_State):
     power_w: float | None = None
     energy_kwh: float | None = None
     voltage_v: tuple[float | None, ...] | None = None
@@ -87,36 +89,28 @@ class MeterState:
     freq_hz: float | None = None
     demand_w: float | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return _json(self)
 
 
 @dataclass(frozen=True, slots=True)
-class RelayBoardState:
+class RelayBoardState(_State):
     channels: tuple[bool | None, ...] = ()
 
-    def as_json(self) -> dict[str, Any]:
-        return _json(self)
 
 
 @dataclass(frozen=True, slots=True)
-class SwitchState:
+class SwitchState(_State):
     """A light, fan or door: one relay channel (`on` is None until its board has been read)."""
 
     on: bool | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return _json(self)
 
 
 @dataclass(frozen=True, slots=True)
-class ReaderState:
+class ReaderState(_State):
     """An RFID reader or a beacon scanner: whether its port or radio is open."""
 
     port_open: bool | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return _json(self)
 
 
 DeviceState = AcState | MeterState | RelayBoardState | SwitchState | ReaderState
@@ -142,7 +136,3 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < 0.05
     return bool(a == b)
-
-
-def fields_of(state: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: state.get(k) for k in names}
