@@ -34,7 +34,7 @@ venv: $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 
-$(STAMP): $(BIN)/python requirements.txt requirements-dev.txt setup.py
+$(STAMP): $(BIN)/python requirements.txt requirements-ems.txt requirements-dev.txt setup.py
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)

@@ -20,6 +20,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "drivers": ("edge.core", "drivers"),
     "cloud_sync": ("edge.core", "cloud_sync"),
     "ems": ("edge.core", "ems"),
+    # the bench drives the controller against the virtual school's physics (room heat balance,
+    # AC units, timetable): the simulator's pure, clock-free model, nothing of its servers
+    "ems.bench": ("edge.core", "ems", "simulator.physics", "simulator.timetable"),
     # the virtual school serves devices from the same profiles: the profile codec and the
     # Waveshare pulse frame are the Modbus driver's public data layer, nothing else of it
     "simulator": ("edge.core", "simulator", "drivers.modbus.profile", "drivers.modbus.pulse"),
@@ -28,7 +31,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 
 
 def layer(module: str) -> str:
-    return "edge.core" if module.startswith("edge.core") else module.split(".", maxsplit=1)[0]
+    for special in ("edge.core", "ems.bench"):
+        if module == special or module.startswith(special + "."):
+            return special
+    return module.split(".", maxsplit=1)[0]
 
 
 def modules() -> list[tuple[str, Path]]:
