@@ -121,8 +121,8 @@ class Daemon:
         self.local = HttpServer(unix=cfg.control.socket, group=cfg.control.socket_group,
                                 max_connections=cfg.control.max_connections)
         self.schedules = ScheduleRunner(
-            [(e.id, e.at, e.days, [a for t in e.targets for a in cfg.actuators_for(t)], dict(e.set), e.hold_min)
-             for e in cfg.schedules], self.tz, self.clock, self._fire_schedule)
+            [(e.id, e.at, e.days, [a for t in e.targets for a in cfg.actuators_for(t, e.kinds)], dict(e.set),
+              e.hold_min) for e in cfg.all_schedules()], self.tz, self.clock, self._fire_schedule)
         self.notifier = Notifier()
         self.watchdog_s = watchdog_interval_s()
         self._service_factories = tuple(services)

@@ -325,3 +325,89 @@ def test_a_schedule_with_a_bad_value_is_a_config_error(tmp_path: Path) -> None:
     assert "schedules[0].set" in text
     assert "outside the policy range" in text
     assert "schedules[1].set" in text
+
+
+# -- room groups: everything off after the last period ------------------------------------------------
+def group_config(tmp: Path, port: int, **group: Any) -> dict[str, Any]:
+    base = school_config(tmp, port).model_dump(mode="json", exclude_none=True)
+    base["room_groups"] = [{"id": "upper", "floors": [4],
+                            "off_after": [{"days": "mon,tue,thu,fri", "at": "16:10"}, {"days": "wed", "at": "12:20"}],
+                            **group}]
+    return base
+
+
+async def test_a_room_group_switches_its_acs_and_lights_off_after_the_last_period(tmp_path: Path) -> None:
+    cfg = Config.model_validate(group_config(tmp_path, free_port()))
+    async with VirtualSchool(cfg) as school, Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        entries = {e[0]: e for e in daemon.schedules.entries}
+        assert set(entries) == {"upper-off-1", "upper-off-2"}
+        # Wednesday afternoons are free: the second entry keeps its own day and hour
+        assert entries["upper-off-2"][1:3] == ((12, 20), frozenset({2}))
+        assert entries["upper-off-1"][1:3] == ((16, 10), frozenset({0, 1, 3, 4}))
+        # floor 4 is room 401: its AC and its light, never its door; floor 1's AC untouched
+        assert sorted(entries["upper-off-1"][3]) == ["ac-401a", "light-401"]
+        for dev, fields in (("ac-401a", {"power_on": True}), ("light-401", {"on": True}),
+                            ("ac-101a", {"power_on": True})):
+            assert (await daemon.control.ask(Ask(dev, fields, Source.TEACHER, "teacher:T1"))).ok
+        await daemon.schedules._fire(list(entries).index("upper-off-1"))
+        assert school.ac("ac-401a").power_on is False
+        assert school.relay("relay-1")[1] is False      # the light
+        assert school.ac("ac-101a").power_on is True    # another floor
+        assert school.relay("relay-1")[0] is False      # the door was never driven
+        # a switch, not a hold: the teacher who stays late may switch the light on again
+        out = await daemon.control.ask(Ask("light-401", {"on": True}, Source.TEACHER, "teacher:T1"))
+        assert out.ok
+        assert out.overridden_by is None
+        assert school.relay("relay-1")[1] is True
+
+
+async def test_a_group_limited_to_lights_leaves_the_acs_on(tmp_path: Path) -> None:
+    cfg = Config.model_validate(group_config(tmp_path, free_port(), kinds=["light"]))
+    assert cfg.actuators_for("group:upper", ["light"]) == ["light-401"]
+    assert [e.targets for e in cfg.all_schedules()] == [["group:upper"], ["group:upper"]]
+    assert [e.kinds for e in cfg.all_schedules()] == [["light"], ["light"]]
+
+
+def test_schedules_may_name_a_group_or_a_floor_with_kinds(tmp_path: Path) -> None:
+    base = group_config(tmp_path, 1, off_after=[])
+    base["schedules"] = [{"id": "fans", "at": "08:00", "targets": ["floor:4"], "kinds": ["light"],
+                          "set": {"power_on": True}}]
+    cfg = Config.model_validate(base)
+    assert cfg.actuators_for("floor:4") == ["ac-401a", "light-401"]
+    assert cfg.actuators_for("floor:4", ["light"]) == ["light-401"]
+    assert cfg.actuators_for("group:upper") == ["ac-401a", "light-401"]
+    assert cfg.actuators_for("group:nobody") == []
+    assert cfg.actuators_for("floor:9") == []
+    assert [e.id for e in cfg.all_schedules()] == ["fans"]
+
+
+@pytest.mark.parametrize(("change", "where", "what"), [
+    ({"rooms": ["999"]}, "room_groups[0].rooms[0]", "unknown room '999'"),
+    ({"floors": [7]}, "room_groups[0].floors[0]", "no room is on floor 7"),
+    ({"floors": [], "rooms": []}, "room_groups[0]", "names `rooms`, `floors` or both"),
+    ({"kinds": ["fan"]}, "room_groups[0].off_after", "have no fan to switch off"),
+    ({"off_after": [{"at": "25:00"}]}, "room_groups[0].off_after[0].at", "pattern"),
+    ({"off_after": [{"at": "16:00", "days": "someday"}]}, "room_groups[0].off_after[0].days", "mon..sun"),
+])
+def test_a_bad_room_group_is_a_config_error_that_says_where(tmp_path: Path, change: dict[str, Any], where: str,
+                                                           what: str) -> None:
+    base = group_config(tmp_path, 1, **change)
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert where in str(err.value)
+    assert what in str(err.value)
+
+
+def test_a_schedule_naming_an_unknown_group_is_a_config_error(tmp_path: Path) -> None:
+    base = group_config(tmp_path, 1)
+    base["schedules"] = [{"id": "x", "at": "07:00", "targets": ["group:lower"], "set": {"power_on": False}},
+                         {"id": "upper-off-1", "at": "07:00", "targets": ["401"], "set": {"power_on": False}}]
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "schedules[0].targets[0]: unknown room group 'lower'" in str(err.value)
+    assert "room_groups[0].off_after: schedule id upper-off-1 is taken" in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -167,21 +168,59 @@ class EmsConfig(_M):
     contract_kw: float = Field(gt=0, le=100000)
 
 
+def _valid_days(v: str) -> str:
+    parse_days(v)
+    return v
+
+
+SwitchedKind = Literal[Kind.AC, Kind.LIGHT, Kind.FAN]
+HHMM = r"^([01]?\d|2[0-3]):[0-5]\d$"
+
+
 class ScheduleEntry(_M):
-    """At `at` on `days`, set `set` on `targets` (device ids, room ids, or `kind:ac` / `kind:light` ...)."""
+    """At `at` on `days`, set `set` on `targets` (device ids, room ids, `group:ID`, `floor:N`, `kind:KIND`)."""
 
     id: Id
-    at: str = Field(pattern=r"^([01]?\d|2[0-3]):[0-5]\d$")
+    at: str = Field(pattern=HHMM)
     days: str = "mon-fri"
     targets: list[str] = Field(min_length=1)
+    kinds: list[SwitchedKind] | None = Field(None, description="only these kinds among the targets (default: all)")
     set: dict[str, bool | float | str] = Field(min_length=1)
     hold_min: float = Field(0, ge=0, le=24 * 60, description="0 = switch once; >0 = hold at schedule priority")
 
-    @field_validator("days")
-    @classmethod
-    def _days(cls, v: str) -> str:
-        parse_days(v)
-        return v
+    _days = field_validator("days")(_valid_days)
+
+
+def _all_switched() -> list[SwitchedKind]:
+    return [Kind.AC, Kind.LIGHT, Kind.FAN]
+
+
+class OffAfter(_M):
+    """The group's last period ends at `at` on `days` (Wednesday afternoons are free in elementary schools)."""
+
+    days: str = "mon-fri"
+    at: str = Field(pattern=HHMM)
+
+    _days = field_validator("days")(_valid_days)
+
+
+class RoomGroup(_M):
+    """Rooms switched together: "the lower grades", "the second floor". Schedules name it `group:ID`;
+    `off_after` switches its ACs, lights and fans off when its last period is over (once: a teacher who
+    stays may switch them on again)."""
+
+    id: Id
+    rooms: list[Id] = Field(default_factory=list)
+    floors: list[int] = Field(default_factory=list)
+    off_after: list[OffAfter] = Field(default_factory=list)
+    kinds: list[SwitchedKind] = Field(default_factory=_all_switched,
+                                      min_length=1, description="what `off_after` switches off")
+
+    @model_validator(mode="after")
+    def _some_rooms(self) -> RoomGroup:
+        if not self.rooms and not self.floors:
+            raise ValueError("a room group names `rooms`, `floors` or both")
+        return self
 
 
 def runtime_dir() -> Path:
@@ -253,6 +292,7 @@ class Config(_M):
     devices: list[Device] = Field(default_factory=list)
     ems: EmsConfig | None = None
     schedules: list[ScheduleEntry] = Field(default_factory=list)
+    room_groups: list[RoomGroup] = Field(default_factory=list)
     simulation: SimulationConfig = SimulationConfig()
     control: ControlConfig = Field(default_factory=ControlConfig)
     bookings: BookingsConfig = Field(default_factory=BookingsConfig)
@@ -265,19 +305,44 @@ class Config(_M):
     def relay_channels(self) -> list[RelayChannel]:
         return [d for d in self.devices if isinstance(d, RelayChannel)]
 
-    def actuators_for(self, target: str) -> list[str]:
-        """Actuator ids a schedule target names: a device id, a room id, or `kind:KIND`.
+    def actuators_for(self, target: str, kinds: Iterable[str] | None = None) -> list[str]:
+        """Actuator ids a schedule target names: a device id, a room id, `group:ID`, `floor:N` or
+        `kind:KIND`; with `kinds`, only actuators of those kinds.
 
         Doors are never schedule targets: they open only by a timed unlock that re-locks in hardware.
         """
+        wanted = None if kinds is None else set(kinds)
         writable = [d for d in self.devices
-                    if (isinstance(d, ModbusDevice) and d.kind == Kind.AC)
-                    or (isinstance(d, RelayChannel) and d.kind != Kind.DOOR)]
+                    if ((isinstance(d, ModbusDevice) and d.kind == Kind.AC)
+                        or (isinstance(d, RelayChannel) and d.kind != Kind.DOOR))
+                    and (wanted is None or d.kind in wanted)]
         if target.startswith("kind:"):
             return [d.id for d in writable if d.kind == target[5:]]
+        if target.startswith(("group:", "floor:")):
+            rooms = self.rooms_of(target)
+            return [d.id for d in writable if getattr(d, "room", None) in rooms]
         if any(d.id == target for d in writable):
             return [target]
         return [d.id for d in writable if getattr(d, "room", None) == target]
+
+    def rooms_of(self, target: str) -> set[str]:
+        """Room ids of `group:ID` (its rooms and the rooms on its floors) or `floor:N`; empty if unknown."""
+        kind, _, name = target.partition(":")
+        if kind == "floor":
+            return {r.id for r in self.rooms if str(r.floor) == name}
+        for g in self.room_groups:
+            if g.id == name:
+                return set(g.rooms) | {r.id for r in self.rooms if r.floor in g.floors}
+        return set()
+
+    def all_schedules(self) -> list[ScheduleEntry]:
+        """The `schedules` and, for each room group's `off_after`, an entry `GROUP-off-N` switching it off."""
+        out = list(self.schedules)
+        for g in self.room_groups:
+            out += [ScheduleEntry(id=f"{g.id}-off-{n}", at=o.at, days=o.days, targets=[f"group:{g.id}"],
+                                  kinds=list(g.kinds), set={"power_on": False})
+                    for n, o in enumerate(g.off_after, start=1)]
+        return out
 
     def device(self, device_id: str) -> Device:
         for d in self.devices:

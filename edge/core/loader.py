@@ -307,13 +307,38 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
                 yield ("devices", i, "channel"), f"channel {dev.channel} of {dev.relay} already used by {relay_chan[k]}"
             relay_chan[k] = dev.id
     kinds = {d.id: Kind(d.kind) for d in cfg.devices}
+    room_ids = {r.id for r in cfg.rooms}
+    floors = {r.floor for r in cfg.rooms}
+    seen_groups: set[str] = set()
+    for i, group in enumerate(cfg.room_groups):
+        if group.id in seen_groups:
+            yield ("room_groups", i, "id"), f"duplicate room group id {group.id!r}"
+        seen_groups.add(group.id)
+        for j, room in enumerate(group.rooms):
+            if room not in room_ids:
+                yield ("room_groups", i, "rooms", j), f"unknown room {room!r}"
+        for j, floor in enumerate(group.floors):
+            if floor not in floors:
+                yield ("room_groups", i, "floors", j), f"no room is on floor {floor}"
+        if group.off_after and not cfg.actuators_for(f"group:{group.id}", group.kinds):
+            yield ("room_groups", i, "off_after"), (
+                f"the group's rooms have no {'/'.join(group.kinds)} to switch off")
+    entry_ids = {e.id for e in cfg.schedules}
+    for i, group in enumerate(cfg.room_groups):
+        for n in range(1, len(group.off_after) + 1):
+            if f"{group.id}-off-{n}" in entry_ids:
+                yield ("room_groups", i, "off_after"), f"schedule id {group.id}-off-{n} is taken by a schedule"
     for i, entry in enumerate(cfg.schedules):
         named: set[Kind] = set()
         for j, target in enumerate(entry.targets):
-            found = cfg.actuators_for(target)
+            if target.startswith("group:") and target[6:] not in seen_groups:
+                yield ("schedules", i, "targets", j), f"unknown room group {target[6:]!r} (see room_groups)"
+                continue
+            found = cfg.actuators_for(target, entry.kinds)
             if not found:
                 yield ("schedules", i, "targets", j), (
-                    f"{target!r} names no AC, light or fan (device, room or kind:KIND)")
+                    f"{target!r} names no AC, light or fan (device, room, group:ID, floor:N or kind:KIND)"
+                    + (f" of kind {'/'.join(entry.kinds)}" if entry.kinds else ""))
             named |= {kinds[a] for a in found}
         unused = set(entry.set) - {k for kind in named for k in writable(kind)} - {"power_on"}
         if named and unused:
@@ -363,7 +388,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                         sect[k] = fix(sect[k])
 
 
-LIST_SECTIONS = ("buses", "rooms", "devices", "schedules")
+LIST_SECTIONS = ("buses", "rooms", "devices", "schedules", "room_groups")
 
 
 def _prune(data: dict[str, Any], exc: ValidationError) -> tuple[dict[str, Any], dict[str, list[int]], set[str]]:
