@@ -33,11 +33,17 @@ def profile_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
             if not isinstance(board, ModbusDevice) or board.kind != Kind.RELAY:
                 continue  # reported by the core's own checks
             try:
-                channels = load_profile(board.profile, cfg.profile_dirs).channels or 0
+                prof = load_profile(board.profile, cfg.profile_dirs)
             except ProfileError:
                 continue  # reported on the board itself
+            channels = prof.channels or 0
             if dev.channel >= channels:
                 yield ("devices", i, "channel"), f"channel {dev.channel} out of range 0..{channels - 1} of {dev.relay}"
+            no_off_pulse = prof.pulse is not None and prof.pulse.off_address is None
+            if dev.kind == Kind.DOOR and (prof.pulse is None or (dev.lock == "fail_safe" and no_off_pulse)):
+                what = "a timed off-pulse (a fail-safe door)" if prof.pulse is not None else "a timed pulse"
+                yield ("devices", i, "relay"), (f"{board.profile} on {dev.relay} has no {what}: a door must re-lock"
+                                                " in hardware if the gateway dies")
 
 
 def framing_warnings(cfg: Config) -> list[str]:

@@ -4,10 +4,18 @@ It owns every Modbus device of a site (ACs, meters, relay boards) and the relay 
 its boards (lights, fans, doors), turns a profile's decoded fields into the typed STATE of
 `edge.core.model`, and routes a channel's request to its board. A device's STATE is delivered
 once its whole first cycle has been read (the SDM630 needs three requests), not half-filled.
+
+A door's `on` means unlocked, whatever its wiring. A fail-secure strike unlocks while its relay is
+on; a fail-safe magnetic lock holds while its relay is on, so for it the driver inverts: unlock is
+a timed *off* pulse the board reverts by itself, and a fail-safe door found with its relay off
+(the board lost power and came back with every relay off) is switched back on, unless someone
+asked for it open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,7 +38,11 @@ from edge.core.model import (
     SwitchState,
 )
 
+log = logging.getLogger(__name__)
+
 NO_COMMUNICATION = 65535  # Intesis: the interface has lost its indoor unit
+RELOCK_GRACE_S = 2.0      # a fail-safe door's off pulse may read back as off for this long after it ends
+RELOCK_RETRY_S = 10.0     # a failed relock is tried again after this
 
 
 def channel_field(channel: int) -> str:
@@ -87,6 +99,11 @@ class _Channel:
     device: RelayChannel
     field: str
 
+    @property
+    def inverted(self) -> bool:
+        """A fail-safe door: locked while its relay is on."""
+        return self.device.kind == Kind.DOOR and self.device.lock == "fail_safe"
+
 
 class ModbusDriver:
     """`edge.core.driver.Driver` over a `ModbusEngine`."""
@@ -103,6 +120,9 @@ class ModbusDriver:
         self._unread: dict[str, set[str]] = {}
         self._channels_of: dict[str, list[_Channel]] = {}
         self._channel: dict[str, _Channel] = {}
+        self._open_until: dict[str, float] = {}   # fail-safe doors: open on purpose (a pulse or a held "on") until
+        self._relocks: set[asyncio.Task[None]] = set()
+        self._relock_after: dict[str, float] = {}
         for dev in cfg.modbus_devices():
             self._kinds[dev.id] = Kind(dev.kind)
             self._profiles[dev.id] = self.engine.profile(dev.id)
@@ -137,6 +157,9 @@ class ModbusDriver:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        for task in list(self._relocks):
+            task.cancel()
+        await asyncio.gather(*self._relocks, return_exceptions=True)
         await self.engine.__aexit__(exc_type, exc, tb)
 
     async def apply(self, device_id: str, desired: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -145,8 +168,10 @@ class ModbusDriver:
             if ch is not None:
                 if set(desired) != {"on"} or not isinstance(desired["on"], bool):
                     raise ApplyError("bad_request", f"{device_id} takes only on: true|false")
-                got = await self.engine.write(ch.device.relay, {ch.field: desired["on"]})
-                return {"on": bool(got[ch.field])}
+                if ch.inverted:
+                    self._open_until[device_id] = float("inf") if desired["on"] else 0.0
+                got = await self.engine.write(ch.device.relay, {ch.field: desired["on"] != ch.inverted})
+                return {"on": bool(got[ch.field]) != ch.inverted}
             if self._kinds.get(device_id) != Kind.AC:
                 raise ApplyError("unknown_target", f"{device_id} takes no writes")
             return await self.engine.write(device_id, dict(desired))
@@ -157,8 +182,11 @@ class ModbusDriver:
         ch = self._channel.get(device_id)
         if ch is None or "pulse" not in self.capabilities(device_id):
             raise ApplyError("bad_request", f"{device_id} cannot pulse")
+        if ch.inverted:
+            self._open_until[device_id] = max(self._open_until.get(device_id, 0.0),
+                                              self.clock.time() + seconds + RELOCK_GRACE_S)
         try:
-            await self.engine.pulse(ch.device.relay, ch.device.channel, seconds)
+            await self.engine.pulse(ch.device.relay, ch.device.channel, seconds, on=not ch.inverted)
         except WriteError as exc:
             raise ApplyError(exc.code, str(exc)) from exc
 
@@ -183,7 +211,30 @@ class ModbusDriver:
         self.sink.on_state(r.device_id, typed, online, r.ts)
         for ch in self._channels_of.get(r.device_id, []):
             if ch.field in vals:
-                self.sink.on_state(ch.device.id, SwitchState(bool(vals[ch.field])), True, r.ts)
+                coil = bool(vals[ch.field])
+                self.sink.on_state(ch.device.id, SwitchState(coil != ch.inverted), True, r.ts)
+                if ch.inverted and not coil:
+                    self._relock(ch)
+
+    def _relock(self, ch: _Channel) -> None:
+        """A fail-safe door reads unpowered (open) though nobody opened it: power it again (lock)."""
+        now = self.clock.time()
+        dev = ch.device.id
+        if (now < self._open_until.get(dev, 0.0) or now < self._relock_after.get(dev, 0.0)
+                or any(t.get_name() == f"relock-{dev}" for t in self._relocks)):
+            return
+
+        async def write() -> None:
+            try:
+                await self.engine.write(ch.device.relay, {ch.field: True})
+                log.warning("%s: fail-safe door found unpowered (relay board restarted?): locked it again", dev)
+            except WriteError as exc:
+                self._relock_after[dev] = self.clock.time() + RELOCK_RETRY_S
+                log.warning("%s: fail-safe door is open and could not be locked: %s", dev, exc)
+
+        task = asyncio.get_running_loop().create_task(write(), name=f"relock-{dev}")
+        self._relocks.add(task)
+        task.add_done_callback(self._relocks.discard)
 
     def on_health(self, h: DeviceHealth) -> None:
         for dev_id in [h.device_id] + [c.device.id for c in self._channels_of.get(h.device_id, [])]:

@@ -121,6 +121,16 @@ class RelayChannel(_M):
     name: str = ""
     unlock_s: float = Field(5.0, ge=1, le=3600, description="a door: how long a card let in by the access list"
                                                              " unlocks it (at most control.max_unlock_s)")
+    lock: Literal["fail_secure", "fail_safe"] = Field(
+        "fail_secure", description="a door: fail_secure (a strike, locked without power: the relay's timed 'on'"
+                                   " pulse unlocks) or fail_safe (a magnetic lock, open without power: the gateway"
+                                   " keeps the relay on and a timed 'off' pulse unlocks; the board reverts by itself)")
+
+    @model_validator(mode="after")
+    def _lock_is_for_doors(self) -> RelayChannel:
+        if self.lock == "fail_safe" and self.kind != Kind.DOOR:
+            raise ValueError("`lock` is a door's setting")
+        return self
 
 
 class RfidReader(_M):
