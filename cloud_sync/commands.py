@@ -151,6 +151,7 @@ class CommandPolicy:
     skew_s: float = SKEW_S
     max_lifetime_s: float = MAX_LIFETIME_S
     max_unlock_s: float = _CONTROL.max_unlock_s
+    teacher_max_unlock_s: float = _CONTROL.teacher_max_unlock_s
 
 
 # -- claims ------------------------------------------------------------------------------------------
@@ -342,8 +343,11 @@ class CommandVerifier:
                 and not pol.setpoint_min_c <= model.setpoint_c <= pol.setpoint_max_c:
             raise _Reject(jti, "out_of_range", f"setpoint {model.setpoint_c:g} °C outside the policy range"
                                                f" {pol.setpoint_min_c:g}–{pol.setpoint_max_c:g} °C")
-        if isinstance(model, DoorUnlock) and not 1 <= model.seconds <= pol.max_unlock_s:
-            raise _Reject(jti, "out_of_range", f"seconds {model.seconds:g}; 1–{pol.max_unlock_s:g}")
+        if isinstance(model, DoorUnlock):
+            cap = pol.teacher_max_unlock_s if c.role == "teacher" else pol.max_unlock_s
+            if not 1 <= model.seconds <= cap:
+                whose = " for a teacher (longer: book the room)" if c.role == "teacher" else ""
+                raise _Reject(jti, "out_of_range", f"seconds {model.seconds:g}; 1–{cap:g}{whose}")
         if isinstance(model, AccessPut):
             for card in model.cards:
                 for door in card.doors:

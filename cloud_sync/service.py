@@ -220,7 +220,8 @@ class CloudService:
                                         clock=gw.clock, policy=CommandPolicy(
                                             setpoint_min_c=cfg.control.setpoint_min_c,
                                             setpoint_max_c=cfg.control.setpoint_max_c,
-                                            max_unlock_s=cfg.control.max_unlock_s))
+                                            max_unlock_s=cfg.control.max_unlock_s,
+                                            teacher_max_unlock_s=cfg.control.teacher_max_unlock_s))
         # subscribed here, before the first await: no event may slip past between start-up and the pump
         self._events = gw.bus.subscribe("event", maxsize=100_000, name="cloud-events")
         self._state_sub = gw.bus.subscribe("state", maxsize=10_000, name="cloud-state")

@@ -38,11 +38,11 @@ Who may do what (decided here, enforced by `cloud_sync.dispatch`, tested in test
 - A booking id is the site's: a put of an existing id in another room moves the booking.
 - Refused as bad_request: a room without doors, an end that is not in the future (the verifier
   refuses an end before the start).
-- door.unlock: today a teacher may unlock a door of their room for up to `control.max_unlock_s`
-  (600 s), the same cap as facility staff. Recommended: cap a teacher's unlock at a pass-through
-  pulse (about 10 s, a policy `teacher_max_unlock_s` beside `max_unlock_s`) and open a room for
-  longer through a booking, which is owned, shown in `status`, relocked at its end and cancellable.
-  Not changed here: the verifier's rules are not this module's.
+- door.unlock: a teacher's unlock lets people through and no more: at most
+  `control.teacher_max_unlock_s` (10 s by default; facility staff and admins up to
+  `control.max_unlock_s`, 600 s). A room opened for longer is a booking, which is owned, shown in
+  `status`, relocked at its end and cancellable (the verifier and the control entry both apply the
+  cap, by role and by source).
 """
 
 from __future__ import annotations

@@ -237,3 +237,19 @@ async def test_an_off_request_under_a_held_deferred_start_does_not_say_deferred(
     assert "deferred" not in out.message
     assert out.overridden_by is not None
     assert unit.state["ac-1"]["power_on"] is False
+
+
+async def test_a_teachers_pulse_is_capped_lower_than_staffs() -> None:
+    ctl, _unit, _clock, _seen = entry(max_unlock_s=600)
+    assert ctl.policy.teacher_max_unlock_s == 10
+    assert (await ctl.pulse("door-1", 10, Source.TEACHER, "teacher:T1")).ok
+    out = await ctl.pulse("door-1", 11, Source.TEACHER, "teacher:T1")
+    assert out.code == "out_of_range"
+    assert "book the room" in out.message
+    assert (await ctl.pulse("door-1", 11, Source.FACILITY, "f")).ok
+    assert (await ctl.pulse("door-1", 11, Source.BOOKING, "booking:b1")).ok
+
+
+def test_a_teachers_cap_above_staffs_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="teacher_max_unlock_s is above max_unlock_s"):
+        ControlConfig(max_unlock_s=30, teacher_max_unlock_s=60)

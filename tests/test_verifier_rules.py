@@ -271,3 +271,16 @@ def test_replayed(env: Env) -> None:
     assert isinstance(out, Rejection)
     assert (out.code, out.id, out.replay_of) == ("replayed", None, "c-1")
     assert env.verifier.journal.pending()[0].command["params"] == {"power_on": True, "setpoint_c": 27}
+
+
+@pytest.mark.parametrize(("role", "seconds", "ok"), [
+    ("teacher", 10, True), ("teacher", 10.5, False), ("teacher", 600, False),
+    ("facility", 10.5, True), ("facility", 600, True), ("admin", 11, True),
+])
+def test_a_teachers_unlock_lets_people_through_and_no_more(env: Env, role: str, seconds: float, ok: bool) -> None:
+    rooms = ["101"] if role == "teacher" else ...
+    tok = env.sign(role=role, rooms=rooms, action="door.unlock", target="door-101", params={"seconds": seconds})
+    if ok:
+        accepted(env.verifier, tok)
+    else:
+        refused(env.verifier, tok, "out_of_range")

@@ -245,6 +245,9 @@ class ControlConfig(_M):
     setpoint_max_c: float = Field(28.0, ge=10, le=35)
     min_off_s: float = Field(180.0, ge=0, le=1800, description="compressor minimum off time before a restart")
     max_unlock_s: float = Field(600.0, gt=0, le=3600, description="the longest one request may hold a door open")
+    teacher_max_unlock_s: float = Field(
+        10.0, gt=0, le=3600, description="a teacher's door.unlock lets people through, no more (a room opened"
+                                         " for longer is a booking: owned, shown, relocked at its end)")
     day_end: str = Field("18:00", pattern=r"^([01]?\d|2[0-3]):[0-5]\d$",
                          description="requests of teachers, staff, the local operator and bookings hold until then")
     socket: Path = Field(default_factory=lambda: runtime_dir() / "control.sock",
@@ -257,6 +260,8 @@ class ControlConfig(_M):
     def _range(self) -> ControlConfig:
         if self.setpoint_min_c > self.setpoint_max_c:
             raise ValueError("setpoint_min_c is above setpoint_max_c")
+        if self.teacher_max_unlock_s > self.max_unlock_s:
+            raise ValueError("teacher_max_unlock_s is above max_unlock_s")
         return self
 
 

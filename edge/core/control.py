@@ -243,8 +243,10 @@ class Control:
         if kind != Kind.DOOR or not self.can_pulse(target):
             return refusal(target, "bad_request", f"{target} is a {kind}: only doors on a pulse-capable board open")
         number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
-        if not number or not 1 <= seconds <= self.policy.max_unlock_s:
-            return refusal(target, "out_of_range", f"seconds {seconds!r}; 1–{self.policy.max_unlock_s:g}")
+        cap = self.policy.teacher_max_unlock_s if source == Source.TEACHER else self.policy.max_unlock_s
+        if not number or not 1 <= seconds <= cap:
+            whose = " for a teacher (longer: book the room)" if source == Source.TEACHER else ""
+            return refusal(target, "out_of_range", f"seconds {seconds!r}; 1–{cap:g}{whose}")
         if not self.online(target):
             return refusal(target, "device_offline", f"{target} is offline")
         reason = self.admission(target, kind, {"on": True, "seconds": seconds}, source)
