@@ -335,8 +335,10 @@ class Daemon:
 
     # -- local APIs ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Device states, plus what each service reports (bookings: rooms open, until when, windows)."""
-        return {"devices": self.states, **{s.name: s.status() for s in self.services if hasattr(s, "status")}}
+        """Device states, who holds what until when, and what each service reports (bookings: rooms open)."""
+        holds = {dev: h for dev in self.kinds if (h := self.holds(dev))}
+        return {"devices": self.states, "holds": holds,
+                **{s.name: s.status() for s in self.services if hasattr(s, "status")}}
 
     def holds(self, device_id: str) -> list[dict[str, Any]]:
         return [{"source": r.source.name.lower(), "by": r.requester, "fields": dict(r.fields),

@@ -6,6 +6,7 @@ import asyncio
 import stat
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -411,3 +412,19 @@ def test_a_schedule_naming_an_unknown_group_is_a_config_error(tmp_path: Path) ->
         load_config(path)
     assert "schedules[0].targets[0]: unknown room group 'lower'" in str(err.value)
     assert "room_groups[0].off_after: schedule id upper-off-1 is taken" in str(err.value)
+
+
+async def test_status_says_who_holds_what_until_when(site: tuple[VirtualSchool, Daemon]) -> None:
+    _school, daemon = site
+    assert daemon.status()["holds"] == {}
+    out = await daemon.control.ask(Ask("ac-101a", {"power_on": True, "setpoint_c": 27}, Source.FACILITY,
+                                       "facility:F1", hold_s=1800))
+    assert out.ok
+    holds = daemon.status()["holds"]
+    assert list(holds) == ["ac-101a"]
+    (h,) = holds["ac-101a"]
+    assert (h["source"], h["by"], h["fields"]) == ("facility", "facility:F1", {"power_on": True, "setpoint_c": 27})
+    assert datetime.fromisoformat(h["until"]).timestamp() == pytest.approx(daemon.clock.time() + 1800, abs=5)
+    code, body = await get_json("127.0.0.1", daemon.http.port, "/status")
+    assert code == 200
+    assert body["holds"]["ac-101a"][0]["source"] == "facility"

@@ -137,7 +137,8 @@ class Arbiter:
         return out
 
     def requests(self, actuator: str) -> list[Request]:
-        return sorted(self._a(actuator).requests.values(), key=lambda r: -r.source)
+        st = self._state.get(actuator)
+        return sorted(st.requests.values(), key=lambda r: -r.source) if st is not None else []
 
     # -- changes -----------------------------------------------------------------------------
     async def submit(self, req: Request) -> Outcome:
