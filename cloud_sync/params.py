@@ -7,11 +7,11 @@ shape and types only; the policy ranges (setpoints, door pulse length) are the v
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.core.access import AccessPut
+from edge.core.alarms import AlarmSet
 from edge.core.control import AcFields, SwitchFields
 
 MAX_ID_LEN = 128
@@ -31,24 +31,6 @@ RelaySet = SwitchFields
 
 class DoorUnlock(Params):
     seconds: float
-
-
-class AlarmLevel(Params):
-    level: Literal["notice", "warning", "critical"]
-    demand_kw: float = Field(gt=0, le=100_000)
-
-
-class AlarmSet(Params):
-    """Contract-capacity alarm thresholds (DOMAIN.md section 1: user-defined overrun alarms)."""
-
-    levels: list[AlarmLevel] = Field(min_length=1, max_length=3)
-
-    @field_validator("levels")
-    @classmethod
-    def _unique(cls, v: list[AlarmLevel]) -> list[AlarmLevel]:
-        if len({lv.level for lv in v}) != len(v):
-            raise ValueError("each level at most once")
-        return v
 
 
 def _aware(v: str) -> str:
@@ -81,7 +63,8 @@ class BookingDelete(Params):
     id: str = IdStr
 
 
-__all__ = ["PARAMS", "AcSet", "AccessPut", "DoorUnlock", "RelaySet"]   # AccessPut: the core's, re-exported
+# AccessPut and AlarmSet: the core's models, re-exported
+__all__ = ["PARAMS", "AcSet", "AccessPut", "AlarmSet", "DoorUnlock", "RelaySet"]
 
 PARAMS: dict[str, type[BaseModel]] = {
     "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet,
