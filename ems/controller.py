@@ -1,0 +1,276 @@
+"""The demand controller: keeps the 15-minute block under the contract while rooms stay comfortable.
+
+Pure and clock-free (every call takes `now`): the daemon runs it every control period on the real
+meter through the one way in (as the EMS source of the arbiter), the bench runs the same object
+against the virtual school's physics with a simulated clock.
+
+Each step, with C the contract, T the block, tau the time into it and E_tau its energy so far:
+
+- **Need.** The power the rest of the block may draw is P_allow = (C'·T - E_tau)/(T - tau) for the
+  target C' = `target_share`·C. The need is what must come off now: P_now - P_allow, less the
+  effect of actions of the last `settle_s` that the meter does not show yet.
+- **Shed** (need > 0), cheapest comfort first: raise setpoints to the policy's top (28 °C) — a unit
+  that modulates down keeps the room within policy — then switch units off. Rooms are chosen by a
+  score: empty rooms first, then the most temperature headroom (from the learned room model where
+  there is one: minutes until the room reaches the comfort limit with the AC off), then the least
+  time already shed in the last hour, then room priority. A unit is never switched off again inside
+  `min_on_s` of being given back (compressor starts), nor restarted inside the compressor's minimum
+  off time.
+- **Rotate.** No room is held off for more than `max_off_s_per_h` within any hour: a unit that
+  reaches it is given back, and if the need remains another room takes its turn.
+- **Restore** (need < -`restore_margin_kw`): shed units come back one at a time, `restore_gap_s`
+  apart (a synchronised rebound would make the next peak), longest-shed first, each only when the
+  block has room for its power.
+- **Admit.** A lower source's start is granted when its expected power fits the block's headroom
+  after the shed rooms waiting to come back; otherwise it is denied with the reason and when to
+  try again. Stale meter data grants no new starts (DOMAIN.md §4).
+- **Empty rooms.** A unit left on in a room the timetable (or presence) says is empty is switched
+  off after `empty_grace_s` — once, not held: a class that comes back may switch it on again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ems.types import BLOCK_S, Action, ActionKind, BlockStatus, UnitView
+
+MIN_OFF_MARGIN_S = 30.0   # a shed-off leaves at least the minimum off time plus this within the hourly budget
+
+RiseFn = Callable[[str, float], float | None]   # (room, now) -> °C per hour with the AC off, None if unknown
+
+
+@dataclass(frozen=True, slots=True)
+class EmsPolicy:
+    """The controller's knobs (config `ems:`); defaults from DOMAIN.md §3-4."""
+
+    target_share: float = 0.97           # aim this far under the contract: the meter and the units lag
+    setpoint_max_c: float = 28.0         # the policy's top: a setpoint shed goes here, no further
+    comfort_upper_c: float = 28.0        # a room above this is uncomfortable (DOMAIN.md §6)
+    min_off_s: float = 180.0             # compressor minimum off time (the arbiter enforces it too)
+    min_on_s: float = 300.0              # a unit given back runs at least this long before a new shed
+    max_off_s_per_h: float = 900.0       # occupants notice more than 15 min off in an hour
+    restore_gap_s: float = 30.0          # restores are staggered (the ~30 % rebound of duty cycling)
+    restore_margin_kw: float = 2.0       # restore only when this far under the target
+    settle_s: float = 60.0               # an action shows on the meter within this
+    setpoint_shed_share: float = 0.35    # expected cut of a unit's power when its setpoint goes to the top
+    empty_grace_s: float = 600.0         # an AC on in an empty room is switched off after this (0: never)
+    stale_retry_s: float = 60.0
+
+
+@dataclass(slots=True)
+class _Unit:
+    shed: ActionKind | None = None
+    shed_since: float = 0.0
+    expected_cut_kw: float = 0.0
+    off_log: list[tuple[float, float]] = field(default_factory=list)  # EMS-held-off intervals (start, end)
+    given_back: float = -math.inf
+    empty_since: float | None = None
+    switched_off_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A start refused for demand (or quota): the reason in plain words and when to try again."""
+
+    code: str
+    message: str
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EmsController:
+    """Our controller (`ems.types.Controller`)."""
+
+    name = "ems"
+
+    def __init__(self, policy: EmsPolicy | None = None, *, rise_c_per_h: RiseFn | None = None) -> None:
+        self.policy = policy or EmsPolicy()
+        self.rise_c_per_h = rise_c_per_h
+        self._units: dict[str, _Unit] = {}
+        self._pending: list[tuple[float, float]] = []     # (ts, kW): cuts (>0) and grants (<0) not yet on the meter
+        self._last_restore = -math.inf
+        self.compute_s = 0.0
+
+    # -- the numbers ------------------------------------------------------------------------------
+    def target_kw(self, block: BlockStatus) -> float:
+        return block.contract_kw * self.policy.target_share
+
+    def allow_kw(self, block: BlockStatus) -> float:
+        """P_allow for the target: the average power the rest of the block may draw."""
+        left = max(BLOCK_S - block.elapsed_s, 1.0)
+        return (self.target_kw(block) * BLOCK_S / 3600.0 - block.energy_kwh) * 3600.0 / left
+
+    def _in_flight(self, now: float) -> float:
+        """kW of recent cuts (+) and grants (-) the meter does not show yet."""
+        self._pending = [(t, kw) for t, kw in self._pending if now - t < self.policy.settle_s]
+        return sum(kw for _t, kw in self._pending)
+
+    def need_kw(self, now: float, block: BlockStatus) -> float:
+        """kW that must come off now for the block to end under the target (negative: room to give back)."""
+        if block.power_kw is None:
+            return 0.0
+        return block.power_kw - self._in_flight(now) - self.allow_kw(block)
+
+    def off_s_last_hour(self, unit_id: str, now: float) -> float:
+        u = self._units.get(unit_id)
+        if u is None:
+            return 0.0
+        u.off_log = [(a, b) for a, b in u.off_log if b > now - 3600.0]
+        done = sum(b - max(a, now - 3600.0) for a, b in u.off_log)
+        running = now - max(u.shed_since, now - 3600.0) if u.shed == ActionKind.SHED_OFF else 0.0
+        return done + running
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def step(self, now: float, block: BlockStatus, units: Sequence[UnitView]) -> list[Action]:
+        actions: list[Action] = []
+        views = {u.id: u for u in units}
+        for uid in [k for k in self._units if k not in views]:
+            del self._units[uid]
+        for u in units:
+            st = self._units.setdefault(u.id, _Unit())
+            if st.shed is not None and not u.wanted_on:
+                actions.append(self._give_back(now, u, st, "nobody wants it on any more", cut_back=False))
+        actions += self._rotate(now, views)
+        if not block.stale and block.power_kw is not None:
+            need = self.need_kw(now, block)
+            if need > 0:
+                actions += self._shed(now, need, block, units)
+            elif need < -self.policy.restore_margin_kw:
+                actions += self._restore(now, -need, views)
+        actions += self._empty_rooms(now, units)
+        return actions
+
+    def _rotate(self, now: float, views: Mapping[str, UnitView]) -> list[Action]:
+        """Give back every unit that reached its hourly off cap (and is allowed to start)."""
+        out = []
+        cap = self.policy.max_off_s_per_h
+        for uid, st in self._units.items():
+            u = views.get(uid)
+            if u is None or st.shed != ActionKind.SHED_OFF:
+                continue
+            if self.off_s_last_hour(uid, now) >= cap - 1e-6 and now - st.shed_since >= self.policy.min_off_s:
+                out.append(self._give_back(now, u, st, f"off {cap / 60:.0f} min in the last hour: its turn is over"))
+        return out
+
+    def _give_back(self, now: float, u: UnitView, st: _Unit, why: str, *, cut_back: bool = True) -> Action:
+        if st.shed == ActionKind.SHED_OFF:
+            st.off_log.append((st.shed_since, now))
+        if cut_back and st.expected_cut_kw:
+            self._pending.append((now, -st.expected_cut_kw))
+        st.shed, st.expected_cut_kw, st.given_back = None, 0.0, now
+        self._last_restore = now
+        return Action(u.id, ActionKind.RESTORE, {}, f"{u.room}: restored ({why})")
+
+    def _headroom_min(self, now: float, u: UnitView) -> float:
+        """Minutes until the room reaches the comfort limit with its AC off (bigger: shed it sooner)."""
+        if u.room_temp_c is None:
+            return 0.0
+        margin = self.policy.comfort_upper_c - u.room_temp_c
+        rise = self.rise_c_per_h(u.room, now) if self.rise_c_per_h is not None else None
+        if rise is None or rise <= 0.05:
+            rise = 1.5   # a classroom with its AC off warms about this fast on a hot afternoon (simulator)
+        return max(-30.0, 60.0 * margin / rise)
+
+    def _score(self, now: float, u: UnitView) -> tuple[int, int, int, float, str]:
+        """Lower: shed first."""
+        empty = 0 if u.occupied is False else 1
+        return (u.priority, empty, round(self.off_s_last_hour(u.id, now) / 60.0),
+                -self._headroom_min(now, u), u.id)
+
+    def _unit_kw(self, u: UnitView) -> float:
+        return u.power_kw if u.power_kw is not None else u.rated_kw * 0.8
+
+    def _shed(self, now: float, need: float, block: BlockStatus, units: Sequence[UnitView]) -> list[Action]:
+        out: list[Action] = []
+        p = self.policy
+        order = sorted((u for u in units if u.on and u.wanted_on), key=lambda u: self._score(now, u))
+        why = (f"projected {block.projected_kw:.0f} kW for the block against {self.target_kw(block):.0f} kW"
+               f" (contract {block.contract_kw:.0f} kW)")
+        for u in order:     # first the setpoints: the room stays within policy
+            if need <= 0:
+                return out
+            st = self._units[u.id]
+            if st.shed is None and u.setpoint_c < p.setpoint_max_c and now - st.given_back >= p.min_on_s:
+                cut = self._unit_kw(u) * p.setpoint_shed_share
+                st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_SETPOINT, now, cut
+                self._pending.append((now, cut))
+                need -= cut
+                out.append(Action(u.id, ActionKind.SHED_SETPOINT, {"setpoint_c": p.setpoint_max_c},
+                                  f"{u.room}: setpoint raised to {p.setpoint_max_c:g} °C; {why}"))
+        for u in order:     # then units off, within each room's hourly budget
+            if need <= 0:
+                return out
+            st = self._units[u.id]
+            if st.shed == ActionKind.SHED_OFF or now - st.given_back < p.min_on_s:
+                continue
+            if self.off_s_last_hour(u.id, now) > p.max_off_s_per_h - p.min_off_s - MIN_OFF_MARGIN_S:
+                continue   # its hourly budget ends before the compressor may restart: the cap would break
+            cut = self._unit_kw(u) - (st.expected_cut_kw if st.shed == ActionKind.SHED_SETPOINT else 0.0)
+            st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, self._unit_kw(u)
+            self._pending.append((now, cut))
+            need -= cut
+            out.append(Action(u.id, ActionKind.SHED_OFF, {"power_on": False}, f"{u.room}: switched off; {why}"))
+        return out
+
+    def _restore(self, now: float, room_kw: float, views: Mapping[str, UnitView]) -> list[Action]:
+        if now - self._last_restore < self.policy.restore_gap_s:
+            return []
+        waiting = [(st.shed != ActionKind.SHED_OFF, st.shed_since, uid) for uid, st in self._units.items()
+                   if st.shed is not None and uid in views]
+        for _setpoint_only, _since, uid in sorted(waiting):
+            st, u = self._units[uid], views[uid]
+            if st.shed == ActionKind.SHED_OFF and now - st.shed_since < self.policy.min_off_s:
+                continue
+            back = u.rated_kw if st.shed == ActionKind.SHED_OFF else st.expected_cut_kw
+            if back <= room_kw:
+                return [self._give_back(now, u, st, "the block has room again")]
+        return []
+
+    def _empty_rooms(self, now: float, units: Sequence[UnitView]) -> list[Action]:
+        out = []
+        grace = self.policy.empty_grace_s
+        for u in units:
+            st = self._units[u.id]
+            if u.occupied is not False:
+                st.empty_since, st.switched_off_empty = None, False
+                continue
+            if st.empty_since is None:
+                st.empty_since = now
+            if grace > 0 and u.on and u.wanted_on and st.shed is None and not st.switched_off_empty \
+                    and now - st.empty_since >= grace:
+                st.switched_off_empty = True
+                out.append(Action(u.id, ActionKind.SWITCH_OFF, {"power_on": False},
+                                  f"{u.room}: on in an empty room for {grace / 60:.0f} min: switched off"))
+        return out
+
+    # -- admission ------------------------------------------------------------------------------------
+    def admit(self, now: float, block: BlockStatus, unit: UnitView, fields: Mapping[str, object]) -> str | None:
+        denial = self.admission(now, block, unit, fields)
+        return None if denial is None else denial.message
+
+    def admission(self, now: float, block: BlockStatus, unit: UnitView, fields: Mapping[str, object]) -> Denial | None:
+        """A lower source's request: None to grant, else why not and when to try again."""
+        starts = fields.get("power_on") is True and not unit.on
+        if not starts or unit.shed:
+            return None   # no new load (or the EMS holds the unit: the wish is stored and comes back later)
+        if block.stale or block.power_kw is None:
+            return Denial("denied_by_ems", "the site meter has not been read recently: no new starts until it is",
+                          self.policy.stale_retry_s)
+        waiting = sum(self._units[uid].expected_cut_kw for uid in self._units if self._units[uid].shed is not None)
+        room = self.allow_kw(block) - (block.power_kw - self._in_flight(now)) - waiting
+        if unit.rated_kw <= room:
+            self._pending.append((now, -unit.rated_kw))
+            return None
+        retry = BLOCK_S - block.elapsed_s if block.elapsed_s > BLOCK_S / 2 else 120.0
+        return Denial("denied_by_ems",
+                      f"starting {unit.id} ({unit.rated_kw:.1f} kW) would take this 15-minute block over"
+                      f" {self.target_kw(block):.0f} kW (projected {block.projected_kw:.0f} kW,"
+                      f" contract {block.contract_kw:.0f} kW)", retry)
+
+    # -- what the daemon shows ----------------------------------------------------------------------
+    def shed_units(self) -> dict[str, str]:
+        return {uid: st.shed.value for uid, st in self._units.items() if st.shed is not None}

@@ -1,0 +1,273 @@
+"""The demand controller's rules on a small plant: units draw their rated power when on, the
+meter is ideal, a shed setpoint cuts a third. The arbiter is the real one (`edge.core.arbiter`):
+the teacher's wish and the EMS's hold resolve as in the daemon. The bench (tests/test_ems_bench.py)
+runs the same controller against the physics."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.core.arbiter import Arbiter, Request, Source
+from edge.core.clock import ManualClock
+from ems.blocks import DemandMeter
+from ems.controller import EmsController, EmsPolicy
+from ems.types import BLOCK_S, ActionKind, BlockStatus, UnitView
+
+T0 = 1_781_571_600.0   # 2026-06-16 09:00 +08:00, a block boundary
+RATED_KW = 2.0
+
+
+@dataclass
+class Unit:
+    power_on: bool = False
+    setpoint_c: float = 26.0
+    off_since: float | None = None
+    starts: list[float] = field(default_factory=list)
+    stops: list[float] = field(default_factory=list)
+
+
+class Plant:
+    """Units behind the real arbiter; EMS actions and teachers' wishes go through it."""
+
+    def __init__(self, n: int, base_kw: float, contract_kw: float, policy: EmsPolicy | None = None) -> None:
+        self.clock = ManualClock(T0)
+        self.units = {f"ac-{i:02d}": Unit() for i in range(n)}
+        self.rooms = {uid: f"r{i // 2}" for i, uid in enumerate(self.units)}
+        self.temps = dict.fromkeys(self.units, 27.0)
+        self.occupied: dict[str, bool | None] = dict.fromkeys(self.units, True)
+        self.base_kw = base_kw
+        self.arbiter = Arbiter(self, clock=self.clock, min_off=lambda _a: 180.0)
+        self.meter = DemandMeter(contract_kw)
+        self.ctl = EmsController(policy)
+        self.energy_kwh = 0.0
+        self.block_avgs: list[float] = []
+        self.log: list[tuple[float, Any]] = []
+
+    # Actuators
+    async def apply(self, actuator: str, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        u = self.units[actuator]
+        now = self.clock.time()
+        if "power_on" in fields and fields["power_on"] != u.power_on:
+            (u.starts if fields["power_on"] else u.stops).append(now)
+            u.off_since = None if fields["power_on"] else now
+            u.power_on = bool(fields["power_on"])
+        if "setpoint_c" in fields:
+            u.setpoint_c = float(fields["setpoint_c"])
+        return self.actual(actuator)
+
+    async def pulse(self, actuator: str, seconds: float) -> None:
+        raise AssertionError("no doors here")
+
+    def actual(self, actuator: str) -> Mapping[str, Any]:
+        u = self.units[actuator]
+        return {"power_on": u.power_on, "setpoint_c": u.setpoint_c}
+
+    def power_kw(self) -> float:
+        return self.base_kw + sum(self.unit_kw(u) for u in self.units.values())
+
+    @staticmethod
+    def unit_kw(u: Unit) -> float:
+        return 0.0 if not u.power_on else RATED_KW * (1 - 0.15 * (u.setpoint_c - 26.0))
+
+    def wanted(self, uid: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for r in self.arbiter.requests(uid):
+            if r.source < Source.EMS:
+                for k, v in r.fields.items():
+                    out.setdefault(k, v)
+        return out
+
+    def views(self) -> list[UnitView]:
+        out = []
+        for uid, u in self.units.items():
+            w = self.wanted(uid)
+            out.append(UnitView(uid, self.rooms[uid], 1, RATED_KW, self.unit_kw(u), u.power_on, u.setpoint_c,
+                                self.temps[uid], bool(w.get("power_on", False)), float(w.get("setpoint_c", 26.0)),
+                                u.off_since, self.occupied[uid], 0, uid in self.ctl.shed_units()))
+        return out
+
+    def block(self) -> BlockStatus:
+        return self.meter.status(self.clock.time())
+
+    async def teacher_on(self, uid: str) -> str | None:
+        view = next(v for v in self.views() if v.id == uid)
+        reason = self.ctl.admit(self.clock.time(), self.block(), view, {"power_on": True})
+        if reason is None:
+            await self.arbiter.submit(Request(uid, Source.TEACHER, {"power_on": True, "setpoint_c": 26.0},
+                                              None, "teacher"))
+        return reason
+
+    async def run(self, seconds: float, step_s: float = 10.0) -> list[Any]:
+        actions = []
+        end = self.clock.time() + seconds
+        while self.clock.time() < end:
+            p = self.power_kw()
+            self.clock.advance(step_s)
+            now = self.clock.time()
+            before = math.floor((now - step_s) / BLOCK_S)
+            self.energy_kwh += p * step_s / 3600
+            self.meter.update(now, self.power_kw(), self.energy_kwh)
+            if math.floor(now / BLOCK_S) != before:
+                self.block_avgs.append(self.meter.completed[-1][1] if self.meter.completed else p)
+            for a in self.ctl.step(now, self.block(), self.views()):
+                actions.append(a)
+                self.log.append((now, a))
+                if a.kind == ActionKind.RESTORE:
+                    await self.arbiter.release(a.unit, Source.EMS)
+                elif a.kind == ActionKind.SWITCH_OFF:
+                    await self.arbiter.set_baseline(a.unit, a.fields, "ems")
+                else:
+                    await self.arbiter.submit(Request(a.unit, Source.EMS, dict(a.fields), None, "ems"))
+            await self.arbiter.tick()
+        return actions
+
+
+async def all_on(plant: Plant) -> None:
+    for uid in plant.units:
+        await plant.arbiter.submit(Request(uid, Source.TEACHER, {"power_on": True, "setpoint_c": 26.0}, None, "t"))
+
+
+async def test_sheds_setpoints_first_then_units_and_keeps_the_block_under_the_target() -> None:
+    plant = Plant(n=20, base_kw=20.0, contract_kw=50.0)      # 20 units × 2 kW + 20 kW = 60 kW uncontrolled
+    await all_on(plant)
+    actions = await plant.run(2 * BLOCK_S)
+    kinds = [a.kind for a in actions]
+    assert ActionKind.SHED_SETPOINT in kinds
+    assert ActionKind.SHED_OFF in kinds
+    assert kinds.index(ActionKind.SHED_SETPOINT) < kinds.index(ActionKind.SHED_OFF)
+    assert all(avg <= 50.0 for avg in plant.block_avgs), plant.block_avgs
+    # setpoints go to the policy's top and no further
+    assert {a.fields["setpoint_c"] for a in actions if a.kind == ActionKind.SHED_SETPOINT} == {28.0}
+
+
+async def test_no_shedding_while_the_block_has_room() -> None:
+    plant = Plant(n=10, base_kw=10.0, contract_kw=60.0)      # 30 kW of 60
+    await all_on(plant)
+    assert await plant.run(BLOCK_S) == []
+
+
+async def test_a_room_is_never_off_longer_than_its_hourly_cap_and_turns_rotate() -> None:
+    policy = EmsPolicy()
+    plant = Plant(n=12, base_kw=16.0, contract_kw=34.0, policy=policy)   # needs ~5 of 12 units off all the time
+    await all_on(plant)
+    actions = await plant.run(2 * 3600)
+    for uid in plant.units:
+        off_log = [(a.unit, a.kind) for a in actions if a.unit == uid]
+        assert off_log, f"{uid} never took a turn: the rotation does not share the shedding"
+    # off time per unit within any hour, from the EMS's own actions
+    for uid, u in plant.units.items():
+        for t in range(int(T0), int(T0 + 7200 - 3600) + 1, 60):
+            off = _off_within(u, t, t + 3600, end=plant.clock.time())
+            assert off <= policy.max_off_s_per_h + 10.0, (uid, t, off)
+
+
+def _off_within(u: Unit, a: float, b: float, end: float) -> float:
+    total = 0.0
+    for stop in u.stops:
+        start = next((s for s in u.starts if s > stop), end)
+        total += max(0.0, min(b, start) - max(a, stop))
+    return total
+
+
+async def test_no_restart_inside_the_minimum_off_time() -> None:
+    plant = Plant(n=12, base_kw=16.0, contract_kw=34.0)
+    await all_on(plant)
+    await plant.run(3600)
+    for uid, u in plant.units.items():
+        for stop in u.stops:
+            later = [s for s in u.starts if s > stop]
+            if later:
+                assert later[0] - stop >= 180.0, uid
+
+
+async def test_the_teachers_wish_comes_back_when_the_shed_ends() -> None:
+    plant = Plant(n=10, base_kw=20.0, contract_kw=30.0)
+    await all_on(plant)
+    await plant.run(600)
+    shed_off = [uid for uid, k in plant.ctl.shed_units().items() if k == "shed_off"]
+    assert shed_off
+    plant.base_kw = 0.0     # the kitchen closes: plenty of room
+    await plant.run(1800)
+    assert plant.ctl.shed_units() == {}
+    assert all(u.power_on and u.setpoint_c == 26.0 for u in plant.units.values())
+
+
+async def test_restores_are_staggered() -> None:
+    plant = Plant(n=10, base_kw=20.0, contract_kw=30.0)
+    await all_on(plant)
+    await plant.run(600)
+    plant.base_kw = 0.0
+    plant.log.clear()
+    await plant.run(1800)
+    times = [t for t, a in plant.log if a.kind == ActionKind.RESTORE]
+    assert len(times) >= 4
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 30.0
+
+
+async def test_a_start_that_does_not_fit_is_denied_with_a_reason_and_one_that_fits_is_granted() -> None:
+    plant = Plant(n=4, base_kw=40.0, contract_kw=45.0)
+    await plant.run(60)
+    assert await plant.teacher_on("ac-00") is None          # 40 + 2 under 43.65
+    reason = await plant.teacher_on("ac-01")                 # 40 + 2 + 2 over the target: the grant is reserved
+    assert reason is not None
+    assert "15-minute block" in reason
+    plant.base_kw = 30.0
+    await plant.run(120)
+    assert await plant.teacher_on("ac-01") is None
+
+
+async def test_stale_meter_data_grants_no_new_start() -> None:
+    plant = Plant(n=2, base_kw=5.0, contract_kw=100.0)
+    await plant.run(60)
+    plant.clock.advance(120)          # the meter has not been read for two minutes
+    reason = await plant.teacher_on("ac-00")
+    assert reason is not None
+    assert "meter" in reason
+
+
+async def test_an_ac_left_on_in_an_empty_room_is_switched_off_once_after_the_grace() -> None:
+    plant = Plant(n=2, base_kw=5.0, contract_kw=100.0)
+    await all_on(plant)
+    plant.occupied["ac-00"] = False
+    actions = await plant.run(590)
+    assert not [a for a in actions if a.kind == ActionKind.SWITCH_OFF]
+    actions = await plant.run(30)
+    assert [(a.unit, a.kind) for a in actions] == [("ac-00", ActionKind.SWITCH_OFF)]
+    assert plant.units["ac-00"].power_on is False
+    assert plant.units["ac-01"].power_on is True
+    # once, not held: the class comes back and switches it on again
+    await plant.arbiter.submit(Request("ac-00", Source.TEACHER, {"power_on": True}, None, "t"))
+    await plant.run(200)
+    assert plant.units["ac-00"].power_on is True
+
+
+async def test_empty_rooms_are_shed_before_occupied_ones() -> None:
+    plant = Plant(n=6, base_kw=20.0, contract_kw=30.0)
+    plant.ctl.policy = EmsPolicy(empty_grace_s=0)
+    await all_on(plant)
+    plant.occupied["ac-05"] = False
+    actions = await plant.run(30)
+    first_off = next(a for a in actions if a.kind == ActionKind.SHED_SETPOINT)
+    assert first_off.unit == "ac-05"
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(4, 16), base=st.floats(5, 40), share=st.floats(0.5, 1.2))
+async def test_property_min_off_and_hourly_cap_hold_for_any_plant(n: int, base: float, share: float) -> None:
+    contract = max(5.0, (base + n * RATED_KW) * share)
+    plant = Plant(n=n, base_kw=base, contract_kw=contract)
+    await all_on(plant)
+    await plant.run(1800, step_s=10.0)
+    for u in plant.units.values():
+        for stop in u.stops:
+            later = [s for s in u.starts if s > stop]
+            if later:
+                assert later[0] - stop >= 180.0
+        assert _off_within(u, T0, T0 + 1800, end=plant.clock.time()) <= 900.0 + 10.0
