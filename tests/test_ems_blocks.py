@@ -132,12 +132,22 @@ def test_counter_jump_falls_back_to_power() -> None:
     m.update(T0 + 60, 60.0, 1005.2)
     assert m.counter_faults == 1
     assert m.status(T0 + 60).energy_kwh == pytest.approx(1.0)    # 60 kW * 60 s
-    # 5.0 kWh (the bound itself) is believed
+    # 5.1 kWh (the bound itself) is believed
     m2 = DemandMeter(C, stale_after_s=100.0)
-    m2.update(T0, 60.0, 1000.0)
-    m2.update(T0 + 60, 60.0, 1005.0)
+    m2.update(T0, 60.0, 0.0)
+    m2.update(T0 + 60, 60.0, 5.1)
     assert m2.counter_faults == 0
-    assert m2.status(T0 + 60).energy_kwh == pytest.approx(5.0)
+    assert m2.status(T0 + 60).energy_kwh == pytest.approx(5.1)
+
+
+def test_a_counter_that_did_not_move_is_believed() -> None:
+    m = DemandMeter(C)
+    m.update(T0, 50.0, 1000.0)
+    m.update(T0 + 10, 50.0, 1000.0)     # a coarse counter between two steps: 0 kWh, it catches up later
+    assert m.counter_faults == 0
+    assert m.status(T0 + 10).energy_kwh == 0.0
+    m.update(T0 + 20, 50.0, 1000.3)
+    assert m.status(T0 + 20).energy_kwh == pytest.approx(0.3)
 
 
 def test_counter_only_meter_projects_with_the_counter_power() -> None:
@@ -163,13 +173,17 @@ def test_gap_integrated_with_the_later_power() -> None:
 
 def test_gap_beyond_max_gap_not_integrated() -> None:
     m = DemandMeter(C, max_gap_s=600.0)
-    m.update(T0, 50.0, None)
-    m.update(T0 + 700, 80.0, None)     # 700 s > 600 s: measurement restarts at T0 + 700
+    m.update(T0, 50.0, 1000.0)
+    m.update(T0 + 700, 80.0, 1010.0)   # 700 s > 600 s: the counter's 10 kWh are not attributed
     m.update(T0 + 800, 80.0, None)
     s = m.status(T0 + 800)
-    # covered 100 s at 80 kW; the 700 s unseen are filled at that average: avg 80
+    # measured from T0 + 700: 100 s at 80 kW; the 700 s unseen are filled at that average: avg 80
     assert s.avg_kw == pytest.approx(80.0)
     assert s.energy_kwh == pytest.approx(80 * 800 / 3600)
+    m2 = DemandMeter(C, max_gap_s=600.0)
+    m2.update(T0, 50.0, 1000.0)
+    m2.update(T0 + 600, 80.0, 1010.0)  # exactly max_gap_s: the counter's 10 kWh count
+    assert m2.status(T0 + 600).energy_kwh == pytest.approx(10.0)
 
 
 def test_bad_values_ignored() -> None:
@@ -244,7 +258,7 @@ def test_a_block_seen_for_less_than_half_is_not_recorded() -> None:
     steady(m, T0 + 500, T0 + 900, 50.0)        # 400 s of 900: less than half
     assert list(m.completed) == []
     m2 = DemandMeter(C)
-    steady(m2, T0 + 400, T0 + 900, 50.0)       # 500 s of 900: recorded, at the covered average
+    steady(m2, T0 + 450, T0 + 900, 50.0)       # 450 s of 900, exactly half: recorded, at the covered average
     assert [(s, round(a, 6)) for s, a in m2.completed] == [(T0, 50.0)]
 
 
