@@ -55,6 +55,8 @@ def state_fields(kind: str, st: Mapping[str, Any]) -> dict[str, Any]:
         _phases(f, st.get("voltage_v"), "voltage", "v")
         _phases(f, st.get("current_a"), "current", "a")
         _phases(f, st.get("power_phase_w"), "power", "w")
+    elif kind == "ems":
+        f |= {k: st.get(k) for k in ("block_avg_kw", "projected_kw", "allow_kw", "contract_kw", "shed_units")}
     elif kind == "ac":
         f |= {"on": st.get("power_on"), "power_w": st.get("power_w"), "room_temp_c": st.get("room_temp_c"),
               "setpoint_c": st.get("setpoint_c")}
@@ -86,6 +88,8 @@ def devices_of(cfg: Config) -> dict[str, Device]:
             out[d.id] = Device("ac", "ac", {**site, "device": d.id, **where})
         elif isinstance(d, RelayChannel):
             out[d.id] = Device("relay", "relay", {**site, "device": d.id, "kind": d.kind, **where})
+    if cfg.ems is not None:   # the energy manager's block figures (CONTRACT.md section 4)
+        out["ems"] = Device("ems", "ems", dict(site))
     return out  # relay boards publish a list of channels; their channel devices carry the telemetry
 
 

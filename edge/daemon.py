@@ -33,6 +33,7 @@ from edge.core.events import EventBus, Message
 from edge.core.model import CHANNEL_KINDS, CONTROLLABLE_KINDS, AcState, DeviceState, Kind, blank_state
 from edge.core.schedule import ScheduleRunner, fields_for
 from edge.core.store import Store
+from edge.energy import EnergyService
 from edge.http import HttpServer
 from edge.sdnotify import Notifier, watchdog_interval_s
 
@@ -75,7 +76,8 @@ ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
 """A decider that runs beside the drivers (access control, bookings, the energy manager): built from the
 running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
 
-DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, access_service)
+DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, access_service,
+                                                 EnergyService.from_daemon)
 
 
 class Daemon:

@@ -115,6 +115,17 @@ class EmsController:
             return 0.0
         return block.power_kw - self._in_flight(now) - self.allow_kw(block)
 
+    def lasting_room_kw(self, now: float, block: BlockStatus) -> float:
+        """kW that may be added now and keep running: within this block's allowance and the target itself.
+
+        Load added late in a block that was under the target would fit that block but go on into the
+        next, which starts from nothing: a start or a restore must fit both, or it is shed again at
+        the turn of the block (a compressor cycle for nothing). Sheds look only at this block's need.
+        """
+        if block.power_kw is None:
+            return 0.0
+        return min(self.allow_kw(block), self.target_kw(block)) - (block.power_kw - self._in_flight(now))
+
     def off_s_last_hour(self, unit_id: str, now: float) -> float:
         u = self._units.get(unit_id)
         if u is None:
@@ -137,10 +148,11 @@ class EmsController:
         actions += self._rotate(now, views)
         if not block.stale and block.power_kw is not None:
             need = self.need_kw(now, block)
+            room = self.lasting_room_kw(now, block)
             if need > 0:
                 actions += self._shed(now, need, block, units)
-            elif need < -self.policy.restore_margin_kw:
-                actions += self._restore(now, -need, views)
+            elif room > self.policy.restore_margin_kw:
+                actions += self._restore(now, room, views)
         actions += self._empty_rooms(now, units)
         return actions
 
@@ -261,7 +273,7 @@ class EmsController:
             return Denial("denied_by_ems", "the site meter has not been read recently: no new starts until it is",
                           self.policy.stale_retry_s)
         waiting = sum(self._units[uid].expected_cut_kw for uid in self._units if self._units[uid].shed is not None)
-        room = self.allow_kw(block) - (block.power_kw - self._in_flight(now)) - waiting
+        room = self.lasting_room_kw(now, block) - waiting
         if unit.rated_kw <= room:
             self._pending.append((now, -unit.rated_kw))
             return None

@@ -174,8 +174,23 @@ Device = Annotated[ModbusDevice | RelayChannel | RfidReader | BeaconScanner, Fie
 
 
 class EmsConfig(_M):
+    """The energy manager (`edge.energy`, `ems.controller`): demand control under the contract."""
+
     meter: Id
     contract_kw: float = Field(gt=0, le=100000)
+    target_share: float = Field(0.97, ge=0.5, le=1.0, description="aim this share of the contract (margin for lag)")
+    period_s: float = Field(10.0, ge=1, le=120, description="the control loop's period")
+    max_off_min_per_h: float = Field(15.0, ge=0, le=60, description="no room held off longer within an hour")
+    min_on_s: float = Field(300.0, ge=0, le=3600, description="a unit given back runs this long before a new shed")
+    restore_gap_s: float = Field(30.0, ge=0, le=600, description="restores are staggered this far apart")
+    empty_grace_min: float = Field(10.0, ge=0, le=240, description="an AC on in an empty room is switched off after"
+                                                                   " this (0: never)")
+    rated_kw: float = Field(1.7, gt=0, le=50, description="an AC unit's electrical input at full output (DOMAIN §3)")
+    unit_rated_kw: dict[Id, Annotated[float, Field(gt=0, le=50)]] = Field(
+        default_factory=dict, description="per unit, where it differs from rated_kw")
+    room_priority: dict[Id, int] = Field(default_factory=dict, description="higher: shed later (a health centre)")
+    comfort_upper_c: float = Field(28.0, ge=20, le=35)
+    stale_after_s: float = Field(15.0, ge=2, le=600, description="meter data older than this: no new starts")
 
 
 def _valid_days(v: str) -> str:

@@ -92,10 +92,20 @@ def validate_fields(kind: Kind, fields: Mapping[str, Any], policy: ControlConfig
 
 
 class Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """What an admission hook answers instead of a plain reason when it has more to say."""
+
+    code: str                             # denied_by_ems | denied_by_quota
+    message: str
+    retry_after_s: float | None = None    # when trying again may succeed
 
 
 # -- asks and results ----------------------------------------------------------------------------------
@@ -119,6 +129,7 @@ class Result:
     overridden_by: Holder | None = None
     held_fields: tuple[str, ...] = ()
     until: float | None = None    # when this request's own hold ends
+    retry_after_s: float | None = None   # a denial: when to try again
 
     @property
     def ok(self) -> bool:
@@ -138,19 +149,30 @@ class Result:
                                     "fields": list(self.held_fields)}
         if self.until is not None:
             out["until"] = iso(self.until, tz)
+        if self.retry_after_s is not None:
+            out["retry_after_s"] = round(self.retry_after_s)
         return out
 
 
-def refusal(target: str, code: str, message: str, state: Mapping[str, Any] | None = None) -> Result:
-    return Result("rejected" if code in REJECTED_CODES else "failed", code, message, target, state)
+def refusal(target: str, code: str, message: str, state: Mapping[str, Any] | None = None,
+            retry_after_s: float | None = None) -> Result:
+    return Result("rejected" if code in REJECTED_CODES else "failed", code, message, target, state,
+                  retry_after_s=retry_after_s)
 
 
-Admission = Callable[[str, Kind, Mapping[str, Any], Source], str | None]
-"""The energy manager's seat: (target, kind, typed fields, source) -> None to admit, or the reason to deny."""
+Admission = Callable[[str, Kind, Mapping[str, Any], Source], "str | Denial | None"]
+"""The energy manager's seat: (target, kind, typed fields, source) -> None to admit, or why not
+(a reason, answered `denied_by_ems`, or a `Denial` with its own code and a retry hint)."""
 
 
-def admit_all(_target: str, _kind: Kind, _fields: Mapping[str, Any], _source: Source) -> str | None:
+def admit_all(_target: str, _kind: Kind, _fields: Mapping[str, Any], _source: Source) -> str | Denial | None:
     return None
+
+
+def _denied(reason: str | Denial) -> Refused:
+    if isinstance(reason, Denial):
+        return Refused(reason.code, reason.message, reason.retry_after_s)
+    return Refused("denied_by_ems", reason)
 
 
 @dataclass
@@ -199,7 +221,7 @@ class Control:
             raise Refused("device_offline", f"{target} is offline")
         reason = self.admission(target, kind, typed, source)
         if reason is not None:
-            raise Refused("denied_by_ems", reason)
+            raise _denied(reason)
         return kind, typed
 
     async def ask(self, ask: Ask) -> Result:
@@ -209,7 +231,7 @@ class Control:
             _kind, typed = self._check(ask.target, ask.fields, ask.source)
             until = self._until(ask, now)
         except Refused as r:
-            return refusal(ask.target, r.code, r.message, self._state(ask.target))
+            return refusal(ask.target, r.code, r.message, self._state(ask.target), r.retry_after_s)
         out = await self.arbiter.submit(Request(ask.target, ask.source, typed, until, ask.requester))
         return self._answer(ask.target, typed, out, until)
 
@@ -251,7 +273,8 @@ class Control:
             return refusal(target, "device_offline", f"{target} is offline")
         reason = self.admission(target, kind, {"on": True, "seconds": seconds}, source)
         if reason is not None:
-            return refusal(target, "denied_by_ems", reason)
+            r = _denied(reason)
+            return refusal(target, r.code, r.message, retry_after_s=r.retry_after_s)
         out = await self.arbiter.pulse(target, source, float(seconds))
         if not out.ok:
             h = out.held.get("on")

@@ -1,0 +1,230 @@
+"""The energy manager in the daemon: the meter's readings into 15-minute blocks, the controller as the
+EMS source of the arbiter, its admission on every lower source's path, `ems` events and telemetry.
+
+It runs on the real meter through the one way in (`edge.core.control`): sheds are requests at the
+EMS priority (the arbiter gives the teacher's wish back when they end), switch-offs of empty rooms
+are one-shot switches, and every start below the EMS (teachers, schedules, bookings, staff, the
+local operator) meets `admission` first. It needs nothing of the cloud; a failing turn is logged
+and the next one runs (control must not stop on a bug in one turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from edge.core.arbiter import Arbiter, Source
+from edge.core.clock import Clock
+from edge.core.config import Config, EmsConfig, ModbusDevice
+from edge.core.control import Ask, Control, Denial
+from edge.core.events import EventBus, Message
+from edge.core.model import Kind
+from edge.core.store import StorageError, Store
+from ems.blocks import DemandMeter
+from ems.controller import EmsController, EmsPolicy
+from ems.types import Action, ActionKind, BlockStatus, UnitView
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = "ems/state"
+SNAPSHOT_EVERY_S = 60.0
+TICK_S = 1.0              # the meter is read this often into the block (it polls every second)
+SHED_HOLD_S = 3600.0      # a shed request expires by itself if the EMS dies: the teacher's wish comes back
+
+
+class Host(Protocol):
+    cfg: Config
+    clock: Clock
+    tz: ZoneInfo
+    kinds: dict[str, Kind]
+    states: dict[str, dict[str, Any]]
+    store: Store
+    bus: EventBus
+    control: Control
+    arbiter: Arbiter
+
+    def on_event(self, kind: str, body: Mapping[str, Any]) -> None: ...
+
+
+def policy_of(cfg: Config, ems: EmsConfig) -> EmsPolicy:
+    return EmsPolicy(target_share=ems.target_share, min_on_s=ems.min_on_s, max_off_s_per_h=ems.max_off_min_per_h * 60,
+                     restore_gap_s=ems.restore_gap_s, empty_grace_s=ems.empty_grace_min * 60,
+                     comfort_upper_c=ems.comfort_upper_c, min_off_s=cfg.control.min_off_s,
+                     setpoint_max_c=cfg.control.setpoint_max_c)
+
+
+class EnergyService:
+    """Demand control for one site (see the module docstring); `status()` for the status API."""
+
+    name = "ems"
+
+    def __init__(self, host: Host, ems: EmsConfig) -> None:
+        self.host = host
+        self.ems = ems
+        cfg = host.cfg
+        self.meter = DemandMeter(ems.contract_kw, stale_after_s=ems.stale_after_s)
+        self.controller = EmsController(policy_of(cfg, ems))
+        self.acs = [d for d in cfg.modbus_devices() if d.kind == Kind.AC and d.room is not None]
+        self.floor = {r.id: r.floor for r in cfg.rooms}
+        self._last_reading: str | None = None
+        self._last_snapshot = 0.0
+        self._off_since: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.turns = 0
+        self.actions = 0
+
+    @classmethod
+    def from_daemon(cls, host: Host) -> EnergyService | None:
+        ems = host.cfg.ems
+        return cls(host, ems) if ems is not None else None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def __aenter__(self) -> EnergyService:
+        self._restore()
+        self.host.control.admission = self.admission
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ems")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._snapshot(force=True)
+
+    async def _run(self) -> None:
+        next_turn = 0.0
+        while True:
+            now = self.host.clock.time()
+            try:
+                self._read_meter()
+                if now >= next_turn:
+                    next_turn = now + self.ems.period_s
+                    await self.turn(now)
+                self._snapshot()
+            except Exception:   # one bad turn must not end demand control: logged, the next one runs
+                log.exception("ems: turn failed")
+            await self.host.clock.sleep(TICK_S)
+
+    # -- readings -----------------------------------------------------------------------------------
+    def _read_meter(self) -> None:
+        st = self.host.states.get(self.ems.meter, {})
+        ts = st.get("ts")
+        if not st.get("online") or ts is None or ts == self._last_reading:
+            return
+        self._last_reading = ts
+        power_w, energy = st.get("power_w"), st.get("energy_kwh")
+        self.meter.update(datetime.fromisoformat(ts).timestamp(),
+                          power_w / 1000 if isinstance(power_w, int | float) else None,
+                          energy if isinstance(energy, int | float) else None)
+
+    def block(self, now: float | None = None) -> BlockStatus:
+        return self.meter.status(self.host.clock.time() if now is None else now)
+
+    def _wanted(self, unit: str) -> dict[str, Any]:
+        """What the unit would do without the EMS: the highest holder below it, field by field."""
+        out: dict[str, Any] = {}
+        for r in self.host.arbiter.requests(unit):   # highest first
+            if r.source < Source.EMS:
+                for k, v in r.fields.items():
+                    out.setdefault(k, v)
+        return out
+
+    def view(self, dev: ModbusDevice, now: float) -> UnitView:
+        st = self.host.states.get(dev.id, {})
+        on = bool(st.get("power_on"))
+        if on:
+            self._off_since.pop(dev.id, None)
+        else:
+            self._off_since.setdefault(dev.id, now)
+        wanted = self._wanted(dev.id)
+        power_w = st.get("power_w")
+        setpoint = st.get("setpoint_c")
+        room = dev.room or ""
+        return UnitView(
+            id=dev.id, room=room, floor=self.floor.get(room, 1),
+            rated_kw=self.ems.unit_rated_kw.get(dev.id, self.ems.rated_kw),
+            power_kw=power_w / 1000 if isinstance(power_w, int | float) else None,
+            on=on, setpoint_c=float(setpoint) if isinstance(setpoint, int | float) else 26.0,
+            room_temp_c=st.get("room_temp_c"), wanted_on=bool(wanted.get("power_on", on)),
+            wanted_setpoint_c=float(wanted.get("setpoint_c", setpoint if isinstance(setpoint, int | float) else 26.0)),
+            off_since=self._off_since.get(dev.id), occupied=None,
+            priority=self.ems.room_priority.get(room, 0), shed=dev.id in self.controller.shed_units())
+
+    # -- one turn -----------------------------------------------------------------------------------
+    async def turn(self, now: float) -> list[Action]:
+        block = self.block(now)
+        views = [self.view(d, now) for d in self.acs if self.host.states.get(d.id, {}).get("online")]
+        actions = self.controller.step(now, block, views)
+        for a in actions:
+            await self._apply(a)
+        self.turns += 1
+        self._publish(now, block)
+        return actions
+
+    async def _apply(self, a: Action) -> None:
+        ctl = self.host.control
+        if a.kind == ActionKind.RESTORE:
+            out = await ctl.release(a.unit, Source.EMS, "ems")
+        elif a.kind == ActionKind.SWITCH_OFF:
+            out = await ctl.baseline(a.unit, dict(a.fields), "ems")
+        else:
+            out = await ctl.ask(Ask(a.unit, dict(a.fields), Source.EMS, "ems", hold_s=SHED_HOLD_S))
+        self.actions += 1
+        if not out.ok:
+            log.warning("ems: %s %s: %s %s", a.kind, a.unit, out.code, out.message)
+        self.host.on_event("ems", {"action": a.kind.value, "device": a.unit, "reason": a.reason,
+                                   "fields": dict(a.fields), "result": out.code})
+
+    def _publish(self, now: float, block: BlockStatus) -> None:
+        """The `ems` telemetry (CONTRACT.md section 4) as a state message of the pseudo-device `ems`."""
+        self.host.bus.publish(Message("state", "ems", {**self.status_fields(block), "online": True}, now))
+
+    # -- admission ------------------------------------------------------------------------------------
+    def admission(self, target: str, kind: Kind, fields: Mapping[str, Any], source: Source) -> str | Denial | None:
+        if kind != Kind.AC or source >= Source.EMS:
+            return None
+        dev = next((d for d in self.acs if d.id == target), None)
+        if dev is None:
+            return None
+        now = self.host.clock.time()
+        self._read_meter()
+        d = self.controller.admission(now, self.block(now), self.view(dev, now), fields)
+        return None if d is None else Denial(d.code, d.message, d.retry_after_s)
+
+    # -- what it shows --------------------------------------------------------------------------------
+    def status_fields(self, block: BlockStatus) -> dict[str, Any]:
+        return {"block_avg_kw": round(block.avg_kw, 2), "projected_kw": round(block.projected_kw, 2),
+                "allow_kw": round(block.allow_kw, 2), "contract_kw": block.contract_kw,
+                "shed_units": len(self.controller.shed_units()), "stale": block.stale}
+
+    def status(self) -> dict[str, Any]:
+        block = self.block()
+        start = datetime.fromtimestamp(block.start, self.host.tz).isoformat()
+        return {**self.status_fields(block), "block_start": start,
+                "peak_kw": round(self.meter.peak_kw, 2), "sliding_peak_kw": round(self.meter.sliding_peak_kw, 2),
+                "shed": self.controller.shed_units(), "turns": self.turns}
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def _snapshot(self, *, force: bool = False) -> None:
+        now = self.host.clock.time()
+        if not force and now - self._last_snapshot < SNAPSHOT_EVERY_S:
+            return
+        self._last_snapshot = now
+        try:
+            self.host.store.set(SNAPSHOT_KEY, json.dumps({"meter": self.meter.snapshot()}))
+        except StorageError as exc:   # a full disk: control goes on from memory
+            log.warning("ems: state not saved: %s", exc)
+
+    def _restore(self) -> None:
+        raw = self.host.store.get(SNAPSHOT_KEY)
+        if raw is None:
+            return
+        try:
+            self.meter.restore(json.loads(raw)["meter"], self.host.clock.time())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ems: saved state unreadable, starting the block afresh: %s", exc)

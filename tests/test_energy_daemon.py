@@ -1,0 +1,107 @@
+"""The energy manager in the daemon, end to end: the virtual school's meter over real Modbus (RTU pty),
+teachers' starts through the one way in, sheds written to the ACs and given back."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, until
+from helpers.sites import two_bus_school
+
+from edge.core.arbiter import Source
+from edge.core.config import Config
+from edge.core.control import Ask
+from edge.daemon import Daemon
+from edge.energy import EnergyService
+from simulator.app import VirtualSchool
+
+FAST = {"period_s": 1.0, "min_on_s": 0.0, "restore_gap_s": 0.0, "stale_after_s": 5.0}
+
+
+def with_contract(base: dict[str, Any], contract_kw: float) -> Config:
+    cfg = dict(base)
+    cfg["ems"] = {"meter": "meter-main", "contract_kw": contract_kw, **FAST}
+    cfg["control"] = {"min_off_s": 5.0}
+    return Config.model_validate(cfg)
+
+
+@pytest.fixture
+async def school(tmp_path: Path) -> AsyncIterator[tuple[dict[str, Any], VirtualSchool]]:
+    base = two_bus_school(tmp_path, free_port())
+    base["simulation"] = {"seed": 5, "initial_room_c": 30.0}
+    async with VirtualSchool(Config.model_validate(base)) as sim:
+        yield base, sim
+
+
+def ems_of(daemon: Daemon) -> EnergyService:
+    return next(s for s in daemon.services if isinstance(s, EnergyService))
+
+
+async def test_a_start_that_fits_is_granted_and_one_that_does_not_is_denied_with_a_reason(
+        school: tuple[dict[str, Any], VirtualSchool]) -> None:
+    base, sim = school
+    site_kw = sim.site_power_w / 1000
+    # room for one 1.7 kW unit under the target (97 % of the contract), not for two
+    cfg = with_contract(base, (site_kw + 2.6) / 0.97)
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        ems = ems_of(daemon)
+        await until(lambda: not ems.block().stale, what="the meter read into the block")
+        first = await daemon.control.ask(Ask("ac-101a", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+        assert first.ok, first.message
+        second = await daemon.control.ask(Ask("ac-101b", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+        assert (second.status, second.code) == ("rejected", "denied_by_ems")
+        assert "15-minute block" in second.message
+        assert second.retry_after_s is not None
+        assert second.payload(daemon.tz)["retry_after_s"] > 0
+        assert sim.ac("ac-101b").power_on is False
+        # staff are below the EMS too: the same answer
+        staff = await daemon.control.ask(Ask("ac-101b", {"power_on": True}, Source.FACILITY, "facility:F1"))
+        assert staff.code == "denied_by_ems"
+        status = daemon.status()["ems"]
+        assert status["contract_kw"] == pytest.approx(cfg.ems.contract_kw if cfg.ems else 0)
+        assert status["stale"] is False
+
+
+async def test_over_the_contract_the_ems_sheds_and_gives_the_teachers_wish_back(
+        school: tuple[dict[str, Any], VirtualSchool]) -> None:
+    base, sim = school
+    site_kw = sim.site_power_w / 1000
+    cfg = with_contract(base, (site_kw + 12.0) / 0.97)
+    events: list[dict[str, Any]] = []
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        sub = daemon.bus.subscribe("event", name="test")
+        ems = ems_of(daemon)
+        await until(lambda: not ems.block().stale, what="the meter read into the block")
+        for ac in ("ac-101a", "ac-101b", "ac-401a"):
+            out = await daemon.control.ask(Ask(ac, {"power_on": True, "setpoint_c": 26}, Source.TEACHER, "t"))
+            assert out.ok, out.message
+        await until(lambda: all(sim.ac(a).power_on for a in ("ac-101a", "ac-101b", "ac-401a")), what="ACs on")
+        # the kitchen opens: 20 kW more than the contract allows
+        sim.physics.spec = dataclasses.replace(sim.physics.spec, base_load_kw=sim.physics.spec.base_load_kw + 30)
+        await until(ems.controller.shed_units, within=20, what="the EMS sheds")
+        await until(lambda: any(sim.ac(a).setpoint_c == 28.0 or not sim.ac(a).power_on
+                                for a in ("ac-101a", "ac-101b", "ac-401a")), what="a shed written to an AC")
+
+        def ems_events() -> list[dict[str, Any]]:
+            while not sub.queue.empty():
+                msg = sub.queue.get_nowait()
+                if msg.key == "ems":
+                    events.append(msg.payload)
+            return events
+
+        await until(ems_events, what="every shed is an `ems` event")
+        assert events[0]["action"] in ("shed_setpoint", "shed_off")
+        assert "contract" in events[0]["reason"]
+        assert daemon.status()["holds"]
+        # the kitchen closes: the EMS lets go and the teacher's 26 °C comes back
+        sim.physics.spec = dataclasses.replace(sim.physics.spec, base_load_kw=sim.physics.spec.base_load_kw - 30)
+        await until(lambda: not ems.controller.shed_units(), within=30, what="the EMS gives back")
+        await until(lambda: all(sim.ac(a).power_on and sim.ac(a).setpoint_c == 26.0
+                                for a in ("ac-101a", "ac-101b", "ac-401a")), within=30,
+                    what="the teacher's wish back on every unit")
