@@ -61,9 +61,11 @@ MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_LIFETIME_S = 900.0      # exp - iat: a command is for now, not for a queue that delivers it tomorrow
 
 Role = Literal["teacher", "facility", "admin"]
-Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "booking.put", "booking.delete", "access.put"]
+Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "alarm.ack", "booking.put", "booking.delete",
+                 "access.put"]
 Code = Literal["ok", "bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
-               "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "write_failed", "storage_full"]
+               "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "denied_by_quota", "write_failed",
+               "storage_full"]
 Status = Literal["ok", "rejected", "failed"]
 
 # What each action may target: device kinds, "room" (a room id) or "site".
@@ -72,6 +74,7 @@ TARGET_KINDS: dict[str, frozenset[str]] = {
     "relay.set": frozenset({"light", "fan"}),    # never "door": see the module docstring
     "door.unlock": frozenset({"door"}),
     "alarm.set": frozenset({"site"}),
+    "alarm.ack": frozenset({"site"}),
     "booking.put": frozenset({"room"}),
     "booking.delete": frozenset({"room"}),
     "access.put": frozenset({"site"}),

@@ -88,7 +88,8 @@ class Dispatcher:
         """Carry out `cmd`; never raises for a device problem (the result says it)."""
         handler = {
             "ac.set": self._ac_set, "relay.set": self._relay_set, "door.unlock": self._door_unlock,
-            "alarm.set": self._alarm_set, "booking.put": self._booking_put, "booking.delete": self._booking_delete,
+            "alarm.set": self._alarm_set, "alarm.ack": self._site,
+            "booking.put": self._booking_put, "booking.delete": self._booking_delete,
             "access.put": self._access_put,
         }.get(cmd.action)
         if handler is None:
@@ -186,6 +187,11 @@ class Dispatcher:
     async def _alarm_set(self, cmd: VerifiedCommand) -> dict[str, Any]:
         self._put(DOC_ALARM, {**cmd.params, **self._meta(cmd)})
         return self._result(cmd, "ok", "ok", f"{len(cmd.params['levels'])} alarm levels stored")
+
+    async def _site(self, cmd: VerifiedCommand) -> dict[str, Any]:
+        """A site-wide action a service of the daemon offers (alarm.ack: the energy manager)."""
+        out = await self.gw.control.site(cmd.action, cmd.params, f"{cmd.role}:{cmd.sub}")
+        return self._from_result(cmd, out)
 
     # -- bookings: who may do what is decided in edge.bookings' docstring ----------------------------
     def _room_doors(self, room: str) -> list[str]:

@@ -44,7 +44,8 @@ SKEW_S = 30.0               # clocks of the cloud and of a gateway (NTP, or a Pi
 PRUNE_EVERY_S = 60.0        # how often answered, expired jtis are forgotten
 
 # Re-applying one of these after a crash has the effect of applying it once (see the module docstring).
-IDEMPOTENT_ACTIONS = frozenset({"ac.set", "relay.set", "alarm.set", "booking.put", "booking.delete", "access.put"})
+IDEMPOTENT_ACTIONS = frozenset({"ac.set", "relay.set", "alarm.set", "alarm.ack", "booking.put", "booking.delete",
+                                "access.put"})
 
 JournalState = Literal["received", "applied", "answered"]
 

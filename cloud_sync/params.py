@@ -11,7 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.core.access import AccessPut
-from edge.core.alarms import AlarmSet
+from edge.core.alarms import AlarmAck, AlarmSet
 from edge.core.control import AcFields, SwitchFields
 
 MAX_ID_LEN = 128
@@ -64,9 +64,9 @@ class BookingDelete(Params):
 
 
 # AccessPut and AlarmSet: the core's models, re-exported
-__all__ = ["PARAMS", "AcSet", "AccessPut", "AlarmSet", "DoorUnlock", "RelaySet"]
+__all__ = ["PARAMS", "AcSet", "AccessPut", "AlarmAck", "AlarmSet", "DoorUnlock", "RelaySet"]
 
 PARAMS: dict[str, type[BaseModel]] = {
-    "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet,
+    "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet, "alarm.ack": AlarmAck,
     "booking.put": BookingPut, "booking.delete": BookingDelete, "access.put": AccessPut,
 }

@@ -18,13 +18,16 @@ from datetime import datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from edge.core.alarms import DOCUMENT as ALARM_DOCUMENT
+from edge.core.alarms import AlarmDocumentError, parse_document
 from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import Clock
 from edge.core.config import Config, EmsConfig, ModbusDevice
-from edge.core.control import Ask, Control, Denial
+from edge.core.control import Ask, Control, Denial, Result, refusal
 from edge.core.events import EventBus, Message
 from edge.core.model import Kind
 from edge.core.store import StorageError, Store
+from ems.alarms import AlarmEngine, AlarmEvent, AlarmNotRaised
 from ems.blocks import DemandMeter
 from ems.controller import EmsController, EmsPolicy
 from ems.types import Action, ActionKind, BlockStatus, UnitView
@@ -69,6 +72,9 @@ class EnergyService:
         cfg = host.cfg
         self.meter = DemandMeter(ems.contract_kw, stale_after_s=ems.stale_after_s)
         self.controller = EmsController(policy_of(cfg, ems))
+        self.alarms = AlarmEngine(None, hysteresis_pct=ems.alarm_hysteresis_pct, raise_after_s=ems.alarm_raise_s,
+                                  clear_after_s=ems.alarm_clear_s)
+        self._alarm_doc: str | None = None
         self.acs = [d for d in cfg.modbus_devices() if d.kind == Kind.AC and d.room is not None]
         self.floor = {r.id: r.floor for r in cfg.rooms}
         self._last_reading: str | None = None
@@ -87,6 +93,7 @@ class EnergyService:
     async def __aenter__(self) -> EnergyService:
         self._restore()
         self.host.control.admission = self.admission
+        self.host.control.site_actions["alarm.ack"] = self._ack
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ems")
         return self
 
@@ -158,6 +165,7 @@ class EnergyService:
     # -- one turn -----------------------------------------------------------------------------------
     async def turn(self, now: float) -> list[Action]:
         block = self.block(now)
+        self._alarm_turn(now, block)
         views = [self.view(d, now) for d in self.acs if self.host.states.get(d.id, {}).get("online")]
         actions = self.controller.step(now, block, views)
         for a in actions:
@@ -184,6 +192,40 @@ class EnergyService:
         """The `ems` telemetry (CONTRACT.md section 4) as a state message of the pseudo-device `ems`."""
         self.host.bus.publish(Message("state", "ems", {**self.status_fields(block), "online": True}, now))
 
+    # -- alarms -------------------------------------------------------------------------------------
+    def _alarm_turn(self, now: float, block: BlockStatus) -> None:
+        raw = self.host.store.get(ALARM_DOCUMENT)
+        if raw != self._alarm_doc:
+            self._alarm_doc = raw
+            try:
+                settings = parse_document(json.loads(raw)) if raw is not None else None
+            except (ValueError, AlarmDocumentError) as exc:   # the verifier checked it: a damaged row, kept as is
+                log.error("ems: stored alarm settings unreadable, keeping the previous ones: %s", exc)
+            else:
+                self._alarm_events(self.alarms.set_settings(settings, now))
+        meter = self.host.states.get(self.ems.meter, {})
+        self._alarm_events(self.alarms.update(now, block, meter if meter.get("online") else None))
+
+    def _alarm_events(self, events: list[AlarmEvent]) -> None:
+        for ev in events:
+            log.warning("alarm %s %s: %s %s (threshold %s)", ev.level, ev.state, ev.metric, ev.value, ev.threshold)
+            self.host.on_event("alarm", ev.as_event())
+
+    def acknowledge(self, alarm_or_level: str, by: str) -> tuple[bool, str]:
+        """A person acknowledges raised alarms (by id or level): (done, what happened in words)."""
+        try:
+            events = self.alarms.acknowledge(alarm_or_level, by, self.host.clock.time())
+        except AlarmNotRaised as exc:
+            return False, str(exc)
+        self._alarm_events(events)
+        self._snapshot(force=True)
+        return True, f"{len(events)} alarm(s) acknowledged" if events else "already acknowledged"
+
+    async def _ack(self, params: Mapping[str, Any], requester: str) -> Result:
+        target = str(params.get("alarm") or params.get("level") or "")
+        done, message = self.acknowledge(target, requester)
+        return Result("ok", "ok", message, "site") if done else refusal("site", "bad_request", message)
+
     # -- admission ------------------------------------------------------------------------------------
     def admission(self, target: str, kind: Kind, fields: Mapping[str, Any], source: Source) -> str | Denial | None:
         if kind != Kind.AC or source >= Source.EMS:
@@ -207,7 +249,8 @@ class EnergyService:
         start = datetime.fromtimestamp(block.start, self.host.tz).isoformat()
         return {**self.status_fields(block), "block_start": start,
                 "peak_kw": round(self.meter.peak_kw, 2), "sliding_peak_kw": round(self.meter.sliding_peak_kw, 2),
-                "shed": self.controller.shed_units(), "turns": self.turns}
+                "shed": self.controller.shed_units(), "turns": self.turns,
+                "alarms": [a.as_event() for a in self.alarms.active()]}
 
     # -- persistence ----------------------------------------------------------------------------------
     def _snapshot(self, *, force: bool = False) -> None:
@@ -216,7 +259,8 @@ class EnergyService:
             return
         self._last_snapshot = now
         try:
-            self.host.store.set(SNAPSHOT_KEY, json.dumps({"meter": self.meter.snapshot()}))
+            self.host.store.set(SNAPSHOT_KEY, json.dumps({"meter": self.meter.snapshot(),
+                                                          "alarms": self.alarms.snapshot()}))
         except StorageError as exc:   # a full disk: control goes on from memory
             log.warning("ems: state not saved: %s", exc)
 
@@ -225,6 +269,13 @@ class EnergyService:
         if raw is None:
             return
         try:
-            self.meter.restore(json.loads(raw)["meter"], self.host.clock.time())
+            saved = json.loads(raw)
+            self.meter.restore(saved["meter"], self.host.clock.time())
+            if "alarms" in saved:
+                raw_alarms = self.host.store.get(ALARM_DOCUMENT)
+                self._alarm_doc = raw_alarms
+                self.alarms.set_settings(parse_document(json.loads(raw_alarms)) if raw_alarms else None,
+                                         self.host.clock.time())
+                self.alarms.restore(saved["alarms"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ems: saved state unreadable, starting the block afresh: %s", exc)

@@ -4,6 +4,7 @@ teachers' starts through the one way in, sheds written to the ACs and given back
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from conftest import free_port, until
 from helpers.sites import two_bus_school
 
+from edge.core.alarms import DOCUMENT as ALARMS
 from edge.core.arbiter import Source
 from edge.core.config import Config
 from edge.core.control import Ask
@@ -105,3 +107,55 @@ async def test_over_the_contract_the_ems_sheds_and_gives_the_teachers_wish_back(
         await until(lambda: all(sim.ac(a).power_on and sim.ac(a).setpoint_c == 26.0
                                 for a in ("ac-101a", "ac-101b", "ac-401a")), within=30,
                     what="the teacher's wish back on every unit")
+
+
+async def test_overload_alarms_raise_are_acknowledged_and_clear(school: tuple[dict[str, Any], VirtualSchool]) -> None:
+    base, sim = school
+    site_kw = sim.site_power_w / 1000
+    cfg_data = dict(base)
+    cfg_data["ems"] = {"meter": "meter-main", "contract_kw": site_kw * 3, **FAST,
+                       "alarm_raise_s": 1.0, "alarm_clear_s": 1.0}
+    cfg = Config.model_validate(cfg_data)
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        sub = daemon.bus.subscribe("event", name="test")
+        ems = ems_of(daemon)
+        await until(lambda: not ems.block().stale, what="the meter read into the block")
+        # staff set two levels: the site is above the notice level and below the critical one
+        daemon.store.set(ALARMS, json.dumps({"levels": [{"level": "notice", "demand_kw": site_kw * 0.5},
+                                                        {"level": "critical", "demand_kw": site_kw * 2}],
+                                             "by": "facility:F1"}))
+        seen: list[dict[str, Any]] = []
+
+        def alarms() -> list[dict[str, Any]]:
+            while not sub.queue.empty():
+                msg = sub.queue.get_nowait()
+                if msg.key == "alarm":
+                    seen.append(msg.payload)
+            return seen
+
+        await until(alarms, what="an alarm event")
+        assert [(a["level"], a["state"]) for a in seen] == [("notice", "raised")]
+        assert daemon.status()["ems"]["alarms"][0]["level"] == "notice"
+        # acknowledged through the one way in, as the cloud's alarm.ack does
+        out = await daemon.control.site("alarm.ack", {"level": "notice"}, "facility:F1")
+        assert out.ok, out.message
+        await until(lambda: len(alarms()) == 2, what="the acknowledgement event")
+        assert (seen[1]["state"], seen[1]["by"]) == ("acknowledged", "facility:F1")
+        nothing = await daemon.control.site("alarm.ack", {"level": "critical"}, "facility:F1")
+        assert (nothing.status, nothing.code) == ("rejected", "bad_request")
+        # the notice level goes away: the raised alarm is cleared with an event
+        daemon.store.set(ALARMS, json.dumps({"levels": [{"level": "critical", "demand_kw": site_kw * 2}]}))
+        await until(lambda: len(alarms()) == 3, what="the clear event")
+        assert seen[2]["state"] == "cleared"
+        assert daemon.status()["ems"]["alarms"] == []
+
+
+async def test_alarm_ack_without_an_energy_manager_says_so(tmp_path: Path) -> None:
+    base = two_bus_school(tmp_path, free_port())
+    base.pop("ems")
+    cfg = Config.model_validate(base)
+    async with VirtualSchool(cfg), Daemon(cfg, status_port=0) as daemon:
+        out = await daemon.control.site("alarm.ack", {"level": "notice"}, "facility:F1")
+        assert (out.status, out.code) == ("rejected", "bad_request")
+        assert "energy manager" in out.message

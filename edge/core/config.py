@@ -191,6 +191,9 @@ class EmsConfig(_M):
     room_priority: dict[Id, int] = Field(default_factory=dict, description="higher: shed later (a health centre)")
     comfort_upper_c: float = Field(28.0, ge=20, le=35)
     stale_after_s: float = Field(15.0, ge=2, le=600, description="meter data older than this: no new starts")
+    alarm_raise_s: float = Field(60.0, ge=0, le=3600, description="an alarm's condition holds this long to raise it")
+    alarm_clear_s: float = Field(300.0, ge=0, le=3600, description="and is gone this long to clear it")
+    alarm_hysteresis_pct: float = Field(3.0, ge=0, le=50, description="a demand alarm clears this far below its level")
 
 
 def _valid_days(v: str) -> str:

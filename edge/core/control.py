@@ -18,7 +18,7 @@ A request whose write failed is withdrawn: it is never applied later unannounced
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -169,6 +169,10 @@ def admit_all(_target: str, _kind: Kind, _fields: Mapping[str, Any], _source: So
     return None
 
 
+SiteAction = Callable[[Mapping[str, Any], str], Awaitable["Result"]]
+"""A site-wide action a service offers (`alarm.ack`, a class's AC quota top-up): (params, requester) -> Result."""
+
+
 def _denied(reason: str | Denial) -> Refused:
     if isinstance(reason, Denial):
         return Refused(reason.code, reason.message, reason.retry_after_s)
@@ -188,6 +192,7 @@ class Control:
     clock: Clock
     tz: ZoneInfo
     admission: Admission = field(default=admit_all)
+    site_actions: dict[str, SiteAction] = field(default_factory=dict)   # registered by services
     events: Callable[[str, Mapping[str, Any]], None] | None = None   # door events go out here
 
     # -- holds ------------------------------------------------------------------------------------
@@ -242,6 +247,14 @@ class Control:
         except Refused as r:
             return refusal(target, r.code, r.message, self._state(target))
         return self._answer(target, typed, await self.arbiter.set_baseline(target, typed, requester), None)
+
+    async def site(self, action: str, params: Mapping[str, Any], requester: str) -> Result:
+        """A site-wide action (params already validated by the caller's model), if a service offers it."""
+        handler = self.site_actions.get(action)
+        if handler is None:
+            return refusal("site", "bad_request", f"{action}: this gateway has nothing that takes it"
+                                                  " (the energy manager is not configured)")
+        return await handler(params, requester)
 
     async def release(self, target: str, source: Source, requester: str) -> Result:
         """Withdraw `source`'s request on `target`: what the others asked for comes back."""
