@@ -112,7 +112,8 @@ def test_teacher_is_forbidden_another_room(env: Env, action: str, target: str, p
 
 
 @pytest.mark.parametrize("rooms", [["301"], [], [""]])
-@pytest.mark.parametrize(("action", "params"), [("alarm.set", LEVELS), ("access.put", ACCESS)])
+@pytest.mark.parametrize(("action", "params"), [("alarm.set", LEVELS), ("access.put", ACCESS),
+                                               ("alarm.ack", {"level": "warning"})])
 def test_teacher_is_forbidden_facility_actions(env: Env, rooms: list[str], action: str,
                                                params: dict[str, Any]) -> None:
     out = refused(env.verifier, env.sign(rooms=rooms, action=action, target="site", params=params), "forbidden")
