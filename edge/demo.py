@@ -3,6 +3,16 @@
 Each part is its own process (as in production), started in its own session and stopped by its
 handle, so nothing outlives the demo. SIGTERM and SIGHUP (a closed terminal, `kill`) stop it the
 way Ctrl-C does.
+
+The simulated school day starts at 07:18 on the latest school day (unless the config sets
+`simulation.start`) and runs `DEMO_SPEED` times faster than real time (unless `--speed`): pupils
+tap their cards at the gate from 07:20, the door of 1年1班 lets a pupil in and refuses a card
+nobody issued every 10 simulated minutes from 07:52, beacon tags check in at the gate. The daemon
+keeps real time, as at a school. "The app" (this process) does what the city's app would, through
+the private broker: it sends the access list (the virtual school's pupils and their doors), a
+teacher switches her classroom's AC on, and a booking of the library opens its door
+`bookings.lead_s` before the start and relocks it at the end (set here to simulated minutes). It
+also listens to the gateway's events (`card`, `presence`, `door`) to show them.
 """
 
 from __future__ import annotations
@@ -17,17 +27,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
+from zoneinfo import ZoneInfo
 
+import aiomqtt
 import yaml
 
 from cloud_sync.keys import generate_keypair
+from cloud_sync.topics import Topics
 from edge.config import load_config
-from edge.core.config import Config
+from edge.core.clock import iso
+from edge.core.config import Config, RelayChannel
+from edge.core.model import Kind
 from edge.http import get_json
-from edge.view import render_status
+from edge.view import Activity, Person, render_activity, render_status
+from simulator.cards import access_list, roster
 from simulator.local import Broker
 
 READY_TIMEOUT_S = 30.0
@@ -35,6 +54,15 @@ STOP_TIMEOUT_S = 10.0  # a child's orderly stop after SIGTERM (the daemon drains
 KILL_TIMEOUT_S = 5.0  # reaping after SIGKILL; only a process stuck in the kernel takes longer
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TEACHER = ("T123", "101", "ac-101a")  # the teacher, her classroom and its AC in the example school
+DEMO_SPEED = 10.0          # simulated seconds per real second, unless --speed
+MORNING = clock_time(7, 18)  # the simulated day starts here (pupils arrive from 07:20)
+VIEW_S = 1.0               # the view is redrawn this often
+CTL_TIMEOUT_S = 40.0
+# The app's booking, in simulated seconds (the daemon keeps real time: each is divided by the speed).
+BOOKED_ROOM = "library"
+BOOKING_IN_SIM_S = 900.0    # it starts 15 simulated minutes after the app books it
+BOOKING_LEAD_SIM_S = 600.0  # its doors open 10 simulated minutes before (the demo's bookings.lead_s)
+BOOKING_SIM_S = 1200.0      # and it lasts 20 simulated minutes
 
 _Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None  # what signal.getsignal returns
 
@@ -163,31 +191,31 @@ def _say(text: str, *, err: bool = False) -> None:
             os.close(null)
 
 
-def _site_with_cloud(cfg_path: Path, workdir: Path, broker_port: int) -> tuple[Path, Path]:
-    """The demo config: the example school plus a cloud link to the private broker and a fresh key."""
+def school_morning(tz: ZoneInfo, now: float) -> datetime:
+    """07:18 of the latest school day (today, or the Friday before a weekend) in the site's zone."""
+    day = datetime.fromtimestamp(now, tz).date()
+    while day.weekday() >= 5:
+        day -= timedelta(days=1)
+    return datetime.combine(day, MORNING, tzinfo=tz)
+
+
+def _demo_site(cfg_path: Path, workdir: Path, broker_port: int, speed: float) -> tuple[Path, Path]:
+    """The demo config: the school plus a cloud link to the private broker and a fresh key, a simulated
+    morning to start from, and a booking lead in simulated minutes."""
     priv, pub = workdir / "keys" / "cloud-ed25519.pem", workdir / "keys" / "cloud-ed25519.pub"
     pub.parent.mkdir()
     generate_keypair(priv, pub)
     data = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     data["cloud"] = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}"}, "command_keys": [str(pub)]}
     data["profile_dirs"] = [str((cfg_path.parent / p).resolve()) for p in data.get("profile_dirs", [])]
+    sim = data.setdefault("simulation", {})
+    if not sim.get("start"):
+        tz = ZoneInfo(data.get("site", {}).get("timezone", "Asia/Taipei"))
+        sim["start"] = school_morning(tz, time.time()).isoformat()
+    data.setdefault("bookings", {})["lead_s"] = round(BOOKING_LEAD_SIM_S / speed, 1)
     site = workdir / "site.yaml"
     site.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return site, priv
-
-
-def _teacher_switches_ac_on(site: Path, key: Path, env: dict[str, str]) -> str:
-    """What the app does when a teacher taps "AC on": a signed command through the broker."""
-    teacher, room, ac = TEACHER
-    argv = [sys.executable, "-m", "edge.cli", "ctl", "ac", ac, "--on", "--setpoint", "26", "--as",
-            f"teacher:{teacher}", "--rooms", room, "--key", str(key), "--config", str(site)]
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
-    try:
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        return (f"app: teacher {teacher} switched {ac} (room {room}) on at 26 °C -> "
-                f"{result.get('status')} {result.get('code')}")
-    except (ValueError, IndexError):
-        return f"app: teacher command failed: {out.stderr.strip()[-200:]}"
 
 
 def run_demo(config: str | None, speed: float | None = None, duration_s: float | None = None) -> int:
@@ -206,17 +234,19 @@ def _run(signals: _StopSignals, config: str | None, speed: float | None, duratio
     children: list[Child] = []
     broker: Broker | None = None
     code = 0
+    speed = speed or DEMO_SPEED
     try:
         with signals.hold():
             broker = Broker.start(workdir / "broker")
         broker_port = broker.port
-        site, key = _site_with_cloud(cfg_path, workdir, broker_port)
+        site, key = _demo_site(cfg_path, workdir, broker_port, speed)
         cfg = load_config(site)
-        sim_args = ["simulate", "--config", str(site)] + (["--speed", str(speed)] if speed else [])
+        sim_args = ["simulate", "--config", str(site), "--speed", str(speed)]
         with signals.hold():
             sim = Child("simulator", [*exe, *sim_args], env, workdir / "simulator.log")
             children.append(sim)
         sim.wait_ready()
+        sim_clock = SimClock(_start(cfg), speed, time.monotonic())
         with signals.hold():
             daemon = Child("daemon", [*exe, "run", "--config", str(site), "--status-port", "0"], env,
                            workdir / "daemon.log")
@@ -225,7 +255,8 @@ def _run(signals: _StopSignals, config: str | None, speed: float | None, duratio
         _say(f"demo running: logs in {workdir}; broker 127.0.0.1:{broker_port}; status API 127.0.0.1:{port}")
         sock = workdir / "run" / "control.sock"
         _say(f"local control: campus-edge set ac-102a power_on=on setpoint_c=26 --socket {sock}")
-        _view(cfg, port, duration_s, lambda: _teacher_switches_ac_on(site, key, env))
+        app = App(cfg, site, key, env, broker_port, speed)
+        asyncio.run(app.run(port, sim_clock, duration_s))
     except KeyboardInterrupt:
         pass
     except (RuntimeError, OSError) as exc:
@@ -251,22 +282,149 @@ def _run(signals: _StopSignals, config: str | None, speed: float | None, duratio
     return code
 
 
-def _view(cfg: Config, port: int, duration_s: float | None, app_action: Callable[[], str]) -> None:
-    start = time.monotonic()
-    clear = sys.stdout.isatty()
-    note = "app: waiting for the devices to come online..."
-    acted = False
-    while duration_s is None or time.monotonic() - start < duration_s:
+def _start(cfg: Config) -> float:
+    start = cfg.simulation.start
+    assert start is not None  # the demo's site always has one
+    when = datetime.fromisoformat(start)
+    return (when if when.tzinfo else when.replace(tzinfo=ZoneInfo(cfg.site.timezone))).timestamp()
+
+
+class SimClock:
+    """The virtual school's clock as the view shows it (from its start and speed; READY marks its start)."""
+
+    def __init__(self, start: float, speed: float, real0: float) -> None:
+        self.start, self.speed, self.real0 = start, speed, real0
+
+    def time(self) -> float:
+        return self.start + (time.monotonic() - self.real0) * self.speed
+
+
+class App:
+    """What the city's app does in the demo (signed commands through the broker) and hears (events)."""
+
+    def __init__(self, cfg: Config, site: Path, key: Path, env: dict[str, str], broker_port: int,
+                 speed: float) -> None:
+        self.cfg, self.site, self.key, self.env = cfg, site, key, env
+        self.broker_port = broker_port
+        self.speed = speed
+        self.tz = ZoneInfo(cfg.site.timezone)
+        self.pupils = roster(cfg).pupils
+        names = {r.id: r.name or r.id for r in cfg.rooms}
+        self.activity = Activity({str(p.card): Person(p.person, names.get(p.room, p.room)) for p in self.pupils})
+        self.notes: list[str] = ["app: waiting for the gateway's cloud link..."]
+        self.link_up = asyncio.Event()
+        self.devices_up = asyncio.Event()
+
+    def say(self, note: str) -> None:
+        self.notes = [*[n for n in self.notes if not n.startswith("app: waiting")][-3:], note]
+
+    async def run(self, status_port: int, sim: SimClock, duration_s: float | None) -> None:
+        """The view until `duration_s` (or cancelled), with the event feed and the app's actions beside it."""
+        self.link_up, self.devices_up = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(self.feed(), name="demo app: events"),
+                 asyncio.create_task(self.act(), name="demo app: commands")]
         try:
-            _code, body = asyncio.run(get_json("127.0.0.1", port, "/status"))
-            page = render_status(body, cfg)
-            online = sum(1 for st in body["devices"].values() if st.get("online"))
-            if not acted and online >= len(body["devices"]) * 0.9:
-                acted = True
-                note = app_action()
-        except OSError as exc:
-            page = f"daemon not answering: {exc}"
-        if clear:
-            sys.stdout.write("\x1b[H\x1b[2J")
-        print(page + "\n" + note + "\nCtrl-C stops the demo", flush=True)
-        time.sleep(2.0)
+            await self.view(status_port, sim, duration_s)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def view(self, port: int, sim: SimClock, duration_s: float | None) -> None:
+        start = time.monotonic()
+        clear = sys.stdout.isatty()
+        while duration_s is None or time.monotonic() - start < duration_s:
+            try:
+                _code, body = await get_json("127.0.0.1", port, "/status")
+                page = render_status(body, self.cfg)
+                online = sum(1 for st in body["devices"].values() if st.get("online"))
+                if online >= len(body["devices"]) * 0.9:
+                    self.devices_up.set()
+            except OSError as exc:
+                page = f"daemon not answering: {exc}"
+            head = f"simulated school day: {datetime.fromtimestamp(sim.time(), self.tz):%a %H:%M} ({self.speed:g}x)"
+            if clear:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print("\n".join([head, page, *render_activity(self.activity), *self.notes, "Ctrl-C stops the demo"]),
+                  flush=True)
+            await asyncio.sleep(VIEW_S)
+
+    async def feed(self) -> None:
+        """The gateway's events and status, as the app receives them from the broker."""
+        topics = Topics.for_config(self.cfg)
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.broker_port,
+                                          identifier=f"campus-edge-demo-app-{os.getpid()}") as client:
+                    await client.subscribe(topics.event("#"), qos=1)
+                    await client.subscribe(topics.status, qos=1)
+                    async for m in client.messages:
+                        try:
+                            body = json.loads(m.payload if isinstance(m.payload, bytes | str) else b"")
+                        except ValueError:
+                            continue
+                        if not isinstance(body, dict):
+                            continue
+                        if m.topic.matches(topics.status):
+                            if body.get("online"):
+                                self.link_up.set()
+                        else:
+                            self.activity.note(body)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(1.0)
+
+    async def act(self) -> None:
+        """Send the access list once the link is up; the teacher's AC and the booking once the devices are."""
+        await self.link_up.wait()
+        version = int(time.time())
+        result = await self.ctl("send", "--action", "access.put", "--target", "site", "--params",
+                                json.dumps(access_list(self.pupils, version)), "--as", "admin:A001")
+        self.say(f"app: access list v{version} ({len(self.pupils)} pupils' cards) -> {_outcome(result)}")
+        await self.devices_up.wait()
+        teacher, room, ac = TEACHER
+        result = await self.ctl("ac", ac, "--on", "--setpoint", "26", "--as", f"teacher:{teacher}", "--rooms", room)
+        self.say(f"app: teacher {teacher} switched {ac} (room {room}) on at 26 °C -> {_outcome(result)}")
+        booked = booked_room(self.cfg)
+        if booked is not None:
+            start = time.time() + BOOKING_IN_SIM_S / self.speed
+            end = start + BOOKING_SIM_S / self.speed
+            params = {"id": "demo-1", "start": iso(start, self.tz), "end": iso(end, self.tz), "title": "家長座談會"}
+            result = await self.ctl("send", "--action", "booking.put", "--target", booked, "--params",
+                                    json.dumps(params, ensure_ascii=False), "--as", "facility:F001")
+            self.say(f"app: booked {booked} {iso(start, self.tz)[11:19]}-{iso(end, self.tz)[11:19]} (doors open"
+                     f" {self.cfg.bookings.lead_s:g} s before) -> {_outcome(result)}")
+
+    async def ctl(self, *args: str) -> dict[str, Any] | str:
+        """`campus-edge ctl ...` signed with the demo's key: the result, or why there is none."""
+        argv = [sys.executable, "-m", "edge.cli", "--log-level", "WARNING", "ctl", *args, "--key", str(self.key),
+                "--config", str(self.site)]
+        proc = await asyncio.create_subprocess_exec(*argv, env=self.env, stdin=subprocess.DEVNULL,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), CTL_TIMEOUT_S)
+        except TimeoutError:
+            return "no answer"
+        finally:
+            if proc.returncode is None:   # cancelled (the demo stops) or timed out: no ctl outlives the demo
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        try:
+            result = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return f"failed: {err.decode(errors='replace').strip()[-200:]}"
+        return result if isinstance(result, dict) else f"failed: {result!r}"
+
+
+def _outcome(result: Mapping[str, Any] | str) -> str:
+    if isinstance(result, str):
+        return result
+    return f"{result.get('status')} {result.get('code')}" + (f" ({result['message']})" if result.get("message") else "")
+
+
+def booked_room(cfg: Config) -> str | None:
+    """The room the app books: the library, else the last room with a door."""
+    rooms = [ch.room for ch in cfg.devices if isinstance(ch, RelayChannel) and ch.kind == Kind.DOOR and ch.room]
+    if BOOKED_ROOM in rooms:
+        return BOOKED_ROOM
+    return rooms[-1] if rooms else None

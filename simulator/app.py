@@ -1,4 +1,12 @@
-"""The virtual school: physics plus one Modbus server per bus of a config (`campus-edge simulate`).
+"""The virtual school: physics, one Modbus server per bus of a config, its card readers and its beacons
+(`campus-edge simulate`).
+
+Every `kind: rfid` reader whose `port` is a path gets a socat pty pair like an RTU bus (the daemon
+opens `port`, the school writes the reader's frames to `port.sim`) and taps the day's cards of
+`simulator.cards`. Every `kind: beacon_scanner` whose `adapter` is `udp://...` or `unixgram://...`
+(the daemon's development backend) hears the advertisements of `simulator.beacons`. Devices that
+time things for the gateway, a relay board's pulse and a beacon tag's advertising interval, keep
+the gateway's real seconds at any `speed`.
 
 In a test::
 
@@ -17,7 +25,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -26,8 +34,10 @@ from zoneinfo import ZoneInfo
 
 from drivers.modbus.profile import ProfileError, load_profile
 from edge.core.clock import Clock, ScaledClock
-from edge.core.config import Config, ModbusDevice, RtuBus, TcpBus
+from edge.core.config import BeaconScanner, Config, ModbusDevice, RfidReader, RtuBus, TcpBus
 from edge.core.model import Kind
+from simulator.beacons import BeaconSender, BeaconStream, target
+from simulator.cards import Days, Tap, TapPlayer, frame, roster
 from simulator.physics import (
     AcSnapshot,
     ChannelSpec,
@@ -54,6 +64,7 @@ TICK_S = 0.1  # real seconds between physics updates; also the resolution of fla
 SERVER_STOP_S = 3.0  # one Modbus server closing its connections
 STOP_TIMEOUT_S = 10.0  # the whole stop: every server and pty pair (each pair bounded by ptys.STOP_TIMEOUT_S)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PLAYED_KEPT = 10_000  # taps remembered for tests and the log
 
 
 def site_spec(cfg: Config) -> SiteSpec:
@@ -83,8 +94,17 @@ def start_time(cfg: Config) -> float | None:
     return when.timestamp()
 
 
+def _dev_scanner(scanner: BeaconScanner) -> bool:
+    """A scanner on the daemon's development backend (the school sends it advertisements)."""
+    try:
+        return target(scanner.adapter) is not None
+    except ValueError as exc:
+        raise ServerConfigError(f"device {scanner.id}: {exc}") from exc
+
+
 class VirtualSchool:
-    """Simulated devices of a config served over Modbus TCP and RTU ptys, as an async context manager."""
+    """Simulated devices of a config served over Modbus TCP and RTU ptys, card readers on ptys, beacons
+    to dev scanners; an async context manager."""
 
     def __init__(self, cfg: Config, *, speed: float | None = None, wire_emulation: bool | None = None,
                  clock: Clock | None = None, tick_s: float = TICK_S) -> None:
@@ -94,6 +114,8 @@ class VirtualSchool:
         self.wire_emulation = sim.wire_emulation if wire_emulation is None else wire_emulation
         self.tick_s = tick_s
         self.tz = ZoneInfo(cfg.site.timezone)
+        # seconds of simulated time per second of the gateway's (real) time
+        self.scale = self.clock.speed if isinstance(self.clock, ScaledClock) else 1.0
         self.physics = SchoolPhysics(site_spec(cfg), self.clock.time(), self.tz)
         self.counters = RequestCounters()
         self.faults: dict[str, Fault] = {}
@@ -101,6 +123,16 @@ class VirtualSchool:
         self.units: dict[str, dict[int, UnitMemory]] = {}
         self.lines: dict[str, Line] = {}
         self._servers: list[LineServer] = []
+        self.readers = {d.id: d for d in cfg.devices if isinstance(d, RfidReader) and "://" not in d.port}
+        self.days = Days(roster(cfg, list(self.readers.values())))
+        self.taps = TapPlayer(self.days, self.clock.time())
+        self.played: deque[Tap] = deque(maxlen=PLAYED_KEPT)
+        self.reader_counts: Counter[str] = Counter()
+        self.scanners = {d.id: d for d in cfg.devices if isinstance(d, BeaconScanner) and _dev_scanner(d)}
+        self.streams = {sid: BeaconStream(d, self.days, self.clock.time(), scale=self.scale)
+                        for sid, d in self.scanners.items()}
+        self.senders: dict[str, BeaconSender] = {}
+        self._reader_fds: dict[str, int] = {}
         self._stack: AsyncExitStack | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._build()
@@ -114,7 +146,7 @@ class VirtualSchool:
             return AcModel(dev, profile, self.physics.acs[dev.id])
         if dev.kind == Kind.METER:
             return MeterModel(dev, profile, self.physics)
-        return RelayModel(dev, profile, self.physics.relays[dev.id])
+        return RelayModel(dev, profile, self.physics.relays[dev.id], pulse_scale=self.scale)
 
     def _build(self) -> None:
         by_unit: dict[str, dict[int, list[DeviceModel]]] = defaultdict(lambda: defaultdict(list))
@@ -146,6 +178,16 @@ class VirtualSchool:
                 await server.start()
                 stack.push_async_callback(_stop_server, server, bus.id)
                 self._servers.append(server)
+            for reader in self.readers.values():
+                await stack.enter_async_context(PtyPair(reader.port))
+                fd = os.open(sim_end(reader.port), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+                stack.callback(os.close, fd)
+                self._reader_fds[reader.id] = fd
+            for sid, scanner in self.scanners.items():
+                where = target(scanner.adapter)
+                assert where is not None  # only such scanners are kept
+                sender = self.senders[sid] = BeaconSender(*where)
+                stack.callback(sender.close)
             self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="virtual school physics")
         except BaseException:
             await stack.aclose()
@@ -164,6 +206,8 @@ class VirtualSchool:
         if stack is not None:
             await stack.aclose()
         self._servers.clear()
+        self._reader_fds.clear()
+        self.senders.clear()
 
     async def _tick(self) -> None:
         while True:
@@ -172,10 +216,34 @@ class VirtualSchool:
 
     def sync(self) -> None:
         """Bring the physics up to the clock's time and the registers up to the physics."""
-        self.physics.step_to(self.clock.time())
+        now = self.clock.time()
+        self.physics.step_to(now)
         for units in self.units.values():
             for mem in units.values():
                 mem.refresh()
+        self._play(now)
+
+    def _play(self, now: float) -> None:
+        """Write the card taps due by `now` to their readers' ptys; send the advertisements due."""
+        for tap in self.taps.due(now):
+            fd = self._reader_fds.get(tap.reader)
+            if fd is None:   # not serving (before __aenter__, after __aexit__): the tap is missed
+                continue
+            data = frame(self.readers[tap.reader].framing, tap.card)
+            try:
+                written = os.write(fd, data)
+            except OSError:   # nobody reads the reader's end and its buffer is full (EAGAIN)
+                written = 0
+            if written == len(data):
+                self.reader_counts[tap.reader] += 1
+                self.played.append(tap)
+            else:
+                self.reader_counts["dropped"] += 1
+        for sid, stream in self.streams.items():
+            sender = self.senders.get(sid)
+            for datagram in stream.due(now):
+                if sender is not None:
+                    sender.send(datagram)
 
     # -- fault injection ------------------------------------------------------------------------
     def set_fault(self, device_id: str, mode: FaultMode | None, *, exception_code: int = DEVICE_FAILURE) -> None:
@@ -235,6 +303,16 @@ async def serve(cfg: Config, *, speed: float | None = None, wire_emulation: bool
             kind = "tcp" if isinstance(bus, TcpBus) else "rtu"
             units = sorted(school.units[bus.id])
             print(f"simulate: bus {bus.id} ({kind}) at {school.endpoint(bus.id)}, units {units}", file=sys.stderr)
+        for reader in school.readers.values():
+            print(f"simulate: rfid reader {reader.id} ({reader.framing}, {reader.purpose}) at {reader.port}",
+                  file=sys.stderr)
+        for scanner in school.scanners.values():
+            print(f"simulate: beacon scanner {scanner.id} hears the virtual school at {scanner.adapter}",
+                  file=sys.stderr)
+        pupils = school.days.roster.pupils
+        if school.readers and pupils:
+            print(f"simulate: {len(pupils)} pupils with cards; school days' taps from 07:20 local time",
+                  file=sys.stderr)
         if ready is not None:
             ready()
         await asyncio.get_running_loop().create_future()

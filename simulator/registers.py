@@ -164,9 +164,13 @@ class MeterModel(DeviceModel):
 
 
 class RelayModel(DeviceModel):
-    def __init__(self, device: ModbusDevice, profile: Profile, board: RelayBoard) -> None:
+    """A relay board. `pulse_scale` is simulated seconds per second of the board's own pulse timer: the
+    timer keeps the gateway's (real) time, so a 5 s unlock lasts 5 s for the gateway at any speed."""
+
+    def __init__(self, device: ModbusDevice, profile: Profile, board: RelayBoard, pulse_scale: float = 1.0) -> None:
         super().__init__(device, profile)
         self.board = board
+        self.pulse_scale = pulse_scale
         self.channel_field = {f"ch{i}": i for i in range(len(board.coils))}
 
     def values(self) -> dict[str, Any]:
@@ -204,7 +208,7 @@ class RelayModel(DeviceModel):
                 if value > pulse.max_steps:
                     raise ModbusError(ILLEGAL_VALUE, f"{self.device.id}: pulse of {value} steps, "
                                                      f"at most {pulse.max_steps}")
-                self.board.flash(address - base, on, value * pulse.step_s, now)
+                self.board.flash(address - base, on, value * pulse.step_s * self.pulse_scale, now)
                 return True
         return False
 

@@ -1,8 +1,9 @@
 """The beacon driver: every `kind: beacon_scanner` device behind the core's `Driver` seam.
 
-Each scanner runs one loop: open the radio through a `ScannerBackend` (bleak in the daemon, a fake
-in tests), hand every advertisement to the iBeacon parser and the scanner's `PresenceTracker`, and
-turn arrivals and departures into `presence` events. A radio that cannot be opened (no adapter, no
+Each scanner runs one loop: open the radio through a `ScannerBackend` (bleak in the daemon; datagrams
+from the virtual school for a `udp://` or `unixgram://` adapter, see `datagram`; a fake in tests),
+hand every advertisement to the iBeacon parser and the scanner's `PresenceTracker`, and turn
+arrivals and departures into `presence` events. A radio that cannot be opened (no adapter, no
 BlueZ, no D-Bus) is said once (a log line and `on_health(scanner, False, reason)`), the daemon runs
 on, and the radio is tried again rarely (`Backoff`). A radio that hears nothing at all for
 `silence_s` is restarted quietly: a restarted bluetoothd leaves a started scan deaf without an error.
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from drivers.beacon import ibeacon
+from drivers.beacon.datagram import DatagramBackend, is_datagram
 from drivers.beacon.presence import Change, PresenceRules, PresenceTracker
 from edge.core.backoff import Backoff
 from edge.core.clock import Clock
@@ -209,7 +211,7 @@ class BeaconDriver:
                  retry_max_s: float = RETRY_MAX_S, silence_s: float = SILENCE_S) -> None:
         self.sink = sink
         self.clock = clock
-        self.backend: ScannerBackend = backend or BleakBackend()
+        self.backend: ScannerBackend = backend or AutoBackend()
         self.tick_s = tick_s
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
@@ -342,6 +344,19 @@ class BeaconDriver:
             scan.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({scan})
+
+
+class AutoBackend:
+    """The radio through bleak; a `udp://` or `unixgram://` adapter is the development backend instead
+    (drivers/beacon/datagram.py: the demo's virtual school, tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.bleak = BleakBackend()
+        self.datagram = DatagramBackend()
+
+    async def scan(self, adapter: str | None, to: Detections) -> None:
+        backend: ScannerBackend = self.datagram if is_datagram(adapter) else self.bleak
+        await backend.scan(adapter, to)
 
 
 class BleakBackend:
