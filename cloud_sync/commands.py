@@ -62,7 +62,7 @@ MAX_LIFETIME_S = 900.0      # exp - iat: a command is for now, not for a queue t
 
 Role = Literal["teacher", "facility", "admin"]
 Action = Literal["ac.set", "relay.set", "door.unlock", "alarm.set", "alarm.ack", "booking.put", "booking.delete",
-                 "access.put"]
+                 "access.put", "quota.topup", "usage.report"]
 Code = Literal["ok", "bad_request", "bad_signature", "expired", "replayed", "wrong_audience", "forbidden",
                "out_of_range", "unknown_target", "device_offline", "denied_by_ems", "denied_by_quota", "write_failed",
                "storage_full"]
@@ -75,11 +75,13 @@ TARGET_KINDS: dict[str, frozenset[str]] = {
     "door.unlock": frozenset({"door"}),
     "alarm.set": frozenset({"site"}),
     "alarm.ack": frozenset({"site"}),
+    "quota.topup": frozenset({"room"}),           # a class's prepaid AC quota (the old class cards)
+    "usage.report": frozenset({"room", "site"}),
     "booking.put": frozenset({"room"}),
     "booking.delete": frozenset({"room"}),
     "access.put": frozenset({"site"}),
 }
-TEACHER_ACTIONS = frozenset({"ac.set", "relay.set", "door.unlock", "booking.put", "booking.delete"})
+TEACHER_ACTIONS = frozenset({"ac.set", "relay.set", "door.unlock", "booking.put", "booking.delete", "usage.report"})
 
 
 # -- results -----------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class Dispatcher:
         """Carry out `cmd`; never raises for a device problem (the result says it)."""
         handler = {
             "ac.set": self._ac_set, "relay.set": self._relay_set, "door.unlock": self._door_unlock,
-            "alarm.set": self._alarm_set, "alarm.ack": self._site,
+            "alarm.set": self._alarm_set, "alarm.ack": self._site, "quota.topup": self._site,
+            "usage.report": self._site,
             "booking.put": self._booking_put, "booking.delete": self._booking_delete,
             "access.put": self._access_put,
         }.get(cmd.action)
@@ -190,7 +191,7 @@ class Dispatcher:
 
     async def _site(self, cmd: VerifiedCommand) -> dict[str, Any]:
         """A site-wide action a service of the daemon offers (alarm.ack: the energy manager)."""
-        out = await self.gw.control.site(cmd.action, cmd.params, f"{cmd.role}:{cmd.sub}")
+        out = await self.gw.control.site(cmd.action, {**cmd.params, "target": cmd.target}, f"{cmd.role}:{cmd.sub}")
         return self._from_result(cmd, out)
 
     # -- bookings: who may do what is decided in edge.bookings' docstring ----------------------------

@@ -45,7 +45,7 @@ PRUNE_EVERY_S = 60.0        # how often answered, expired jtis are forgotten
 
 # Re-applying one of these after a crash has the effect of applying it once (see the module docstring).
 IDEMPOTENT_ACTIONS = frozenset({"ac.set", "relay.set", "alarm.set", "alarm.ack", "booking.put", "booking.delete",
-                                "access.put"})
+                                "access.put", "usage.report"})   # never quota.topup: credit added twice
 
 JournalState = Literal["received", "applied", "answered"]
 

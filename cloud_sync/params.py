@@ -63,10 +63,21 @@ class BookingDelete(Params):
     id: str = IdStr
 
 
+class QuotaTopUp(Params):
+    """Add prepaid AC energy to a class (the first top-up starts its quota)."""
+
+    kwh: float = Field(gt=0, le=100_000)
+
+
+class UsageReport(Params):
+    """Send today's AC use so far as `usage` events (no params)."""
+
+
 # AccessPut and AlarmSet: the core's models, re-exported
 __all__ = ["PARAMS", "AcSet", "AccessPut", "AlarmAck", "AlarmSet", "DoorUnlock", "RelaySet"]
 
 PARAMS: dict[str, type[BaseModel]] = {
     "ac.set": AcSet, "relay.set": RelaySet, "door.unlock": DoorUnlock, "alarm.set": AlarmSet, "alarm.ack": AlarmAck,
     "booking.put": BookingPut, "booking.delete": BookingDelete, "access.put": AccessPut,
+    "quota.topup": QuotaTopUp, "usage.report": UsageReport,
 }

@@ -31,6 +31,7 @@ from ems.alarms import AlarmEngine, AlarmEvent, AlarmNotRaised
 from ems.blocks import DemandMeter
 from ems.controller import EmsController, EmsPolicy
 from ems.types import Action, ActionKind, BlockStatus, UnitView
+from ems.usage import DayUsage, QuotaWarning, UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class EnergyService:
         self.alarms = AlarmEngine(None, hysteresis_pct=ems.alarm_hysteresis_pct, raise_after_s=ems.alarm_raise_s,
                                   clear_after_s=ems.alarm_clear_s)
         self._alarm_doc: str | None = None
+        self.usage = UsageMeter(host.tz)
         self.acs = [d for d in cfg.modbus_devices() if d.kind == Kind.AC and d.room is not None]
         self.floor = {r.id: r.floor for r in cfg.rooms}
         self._last_reading: str | None = None
@@ -94,6 +96,8 @@ class EnergyService:
         self._restore()
         self.host.control.admission = self.admission
         self.host.control.site_actions["alarm.ack"] = self._ack
+        self.host.control.site_actions["quota.topup"] = self._top_up
+        self.host.control.site_actions["usage.report"] = self._report
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ems")
         return self
 
@@ -167,6 +171,7 @@ class EnergyService:
         block = self.block(now)
         self._alarm_turn(now, block)
         views = [self.view(d, now) for d in self.acs if self.host.states.get(d.id, {}).get("online")]
+        self._usage_turn(now, views)
         actions = self.controller.step(now, block, views)
         for a in actions:
             await self._apply(a)
@@ -191,6 +196,42 @@ class EnergyService:
     def _publish(self, now: float, block: BlockStatus) -> None:
         """The `ems` telemetry (CONTRACT.md section 4) as a state message of the pseudo-device `ems`."""
         self.host.bus.publish(Message("state", "ems", {**self.status_fields(block), "online": True}, now))
+
+    # -- each class's AC use -------------------------------------------------------------------------
+    def _usage_turn(self, now: float, views: list[UnitView]) -> None:
+        out: list[DayUsage | QuotaWarning] = []
+        for v in views:
+            out += self.usage.feed(now, v.id, v.room, v.on, v.power_kw, v.rated_kw)
+        out += self.usage.close_days(now)
+        for item in out:
+            self.host.on_event("usage" if isinstance(item, DayUsage) else "quota", item.as_event())
+
+    async def _top_up(self, params: Mapping[str, Any], requester: str) -> Result:
+        room, kwh = str(params.get("target", "")), params.get("kwh")
+        if room not in self.floor:
+            return refusal(room, "unknown_target", f"no room {room!r}")
+        if not isinstance(kwh, int | float) or isinstance(kwh, bool) or not 0 < kwh <= 100_000:
+            return refusal(room, "out_of_range", f"kwh {kwh!r}: a number above 0, at most 100000")
+        if self.usage.balance(room) is None:
+            self.usage.set_quota(room, float(kwh))
+        else:
+            self.usage.top_up(room, float(kwh))
+        self._snapshot(force=True)
+        balance = self.usage.balance(room) or 0.0
+        log.info("quota of room %s topped up by %g kWh by %s: %.1f kWh left", room, kwh, requester, balance)
+        self.host.on_event("quota", {"room": room, "top_up_kwh": kwh, "balance_kwh": round(balance, 3),
+                                     "by": requester})
+        return Result("ok", "ok", f"room {room}: {balance:.1f} kWh left", room)
+
+    async def _report(self, params: Mapping[str, Any], requester: str) -> Result:
+        """Today's use so far per room as `usage` events (partial), on request."""
+        target = str(params.get("target", "site"))
+        rooms = self.usage.rooms() if target == "site" else [target]
+        for room in rooms:
+            day = self.usage.today(room)
+            self.host.on_event("usage", {**day.as_event(), "id": f"usage-{room}-{day.day.isoformat()}-partial-"
+                                                                  f"{int(self.host.clock.time())}", "partial": True})
+        return Result("ok", "ok", f"{len(rooms)} usage report(s) sent", target)
 
     # -- alarms -------------------------------------------------------------------------------------
     def _alarm_turn(self, now: float, block: BlockStatus) -> None:
@@ -234,6 +275,10 @@ class EnergyService:
         if dev is None:
             return None
         now = self.host.clock.time()
+        room = dev.room or ""
+        if source == Source.TEACHER and fields.get("power_on") is True and self.usage.exhausted(room):
+            return Denial("denied_by_quota", f"room {room} has used its prepaid AC quota"
+                                             f" ({self.usage.balance(room) or 0:.1f} kWh left): staff can top it up")
         self._read_meter()
         d = self.controller.admission(now, self.block(now), self.view(dev, now), fields)
         return None if d is None else Denial(d.code, d.message, d.retry_after_s)
@@ -250,7 +295,7 @@ class EnergyService:
         return {**self.status_fields(block), "block_start": start,
                 "peak_kw": round(self.meter.peak_kw, 2), "sliding_peak_kw": round(self.meter.sliding_peak_kw, 2),
                 "shed": self.controller.shed_units(), "turns": self.turns,
-                "alarms": [a.as_event() for a in self.alarms.active()]}
+                "alarms": [a.as_event() for a in self.alarms.active()], "usage": self.usage.as_status()}
 
     # -- persistence ----------------------------------------------------------------------------------
     def _snapshot(self, *, force: bool = False) -> None:
@@ -260,7 +305,8 @@ class EnergyService:
         self._last_snapshot = now
         try:
             self.host.store.set(SNAPSHOT_KEY, json.dumps({"meter": self.meter.snapshot(),
-                                                          "alarms": self.alarms.snapshot()}))
+                                                          "alarms": self.alarms.snapshot(),
+                                                          "usage": self.usage.snapshot()}))
         except StorageError as exc:   # a full disk: control goes on from memory
             log.warning("ems: state not saved: %s", exc)
 
@@ -277,5 +323,7 @@ class EnergyService:
                 self.alarms.set_settings(parse_document(json.loads(raw_alarms)) if raw_alarms else None,
                                          self.host.clock.time())
                 self.alarms.restore(saved["alarms"])
+            if "usage" in saved:
+                self.usage.restore(saved["usage"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ems: saved state unreadable, starting the block afresh: %s", exc)

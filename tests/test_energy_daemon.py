@@ -159,3 +159,37 @@ async def test_alarm_ack_without_an_energy_manager_says_so(tmp_path: Path) -> No
         out = await daemon.control.site("alarm.ack", {"level": "notice"}, "facility:F1")
         assert (out.status, out.code) == ("rejected", "bad_request")
         assert "energy manager" in out.message
+
+
+async def test_a_class_that_used_its_quota_is_denied_starts_until_staff_top_it_up(
+        school: tuple[dict[str, Any], VirtualSchool]) -> None:
+    base, sim = school
+    cfg = with_contract(base, sim.site_power_w / 1000 * 3)
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        sub = daemon.bus.subscribe("event", name="test")
+        ems = ems_of(daemon)
+        await until(lambda: not ems.block().stale, what="the meter read into the block")
+        out = await daemon.control.site("quota.topup", {"target": "101", "kwh": 0.002}, "facility:F1")
+        assert out.ok, out.message
+        assert (await daemon.control.ask(Ask("ac-101a", {"power_on": True}, Source.TEACHER, "teacher:T1"))).ok
+        await until(lambda: ems.usage.exhausted("101"), within=30, what="room 101's quota used up")
+        denied = await daemon.control.ask(Ask("ac-101b", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+        assert (denied.status, denied.code) == ("rejected", "denied_by_quota")
+        assert "top it up" in denied.message
+        # another room, and staff, are not held to room 101's quota
+        assert (await daemon.control.ask(Ask("ac-401a", {"power_on": True}, Source.TEACHER, "teacher:T2"))).ok
+        assert (await daemon.control.ask(Ask("ac-101b", {"power_on": True}, Source.FACILITY, "facility:F1"))).ok
+        topped = await daemon.control.site("quota.topup", {"target": "101", "kwh": 5}, "facility:F1")
+        assert topped.ok
+        assert (await daemon.control.ask(Ask("ac-101b", {"power_on": False}, Source.TEACHER, "teacher:T1"))).ok
+        assert not ems.usage.exhausted("101")
+        usage = daemon.status()["ems"]["usage"]["rooms"]["101"]
+        assert usage["today_kwh"] > 0.002
+        assert usage["balance_kwh"] > 4.9
+        kinds = set()
+        while not sub.queue.empty():
+            kinds.add(sub.queue.get_nowait().key)
+        assert "quota" in kinds
+        bad = await daemon.control.site("quota.topup", {"target": "999", "kwh": 5}, "facility:F1")
+        assert bad.code == "unknown_target"
