@@ -283,7 +283,11 @@ class Daemon:
         if online:
             self.arbiter.forget_applied(device_id)
             if self._tasks is not None and self.kinds.get(device_id) in CONTROLLABLE_KINDS:
-                self._tasks.create_task(self.arbiter.reconcile(device_id), name=f"reapply-{device_id}")
+                coro = self.arbiter.reconcile(device_id)
+                try:
+                    self._tasks.create_task(coro, name=f"reapply-{device_id}")
+                except RuntimeError:   # the daemon is stopping (its task group no longer takes tasks)
+                    coro.close()
         if self.kinds.get(device_id) not in CHANNEL_KINDS:  # one event per physical device, not per channel
             self.on_event("fault", {"device": device_id, "code": "online" if online else "offline",
                                     "message": reason})
