@@ -122,8 +122,8 @@ class RoomHistory:
         db: sqlite3.Connection | None = None
         try:
             if self.readonly:
-                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-                db.execute("SELECT count(*) FROM samples LIMIT 1").fetchone()
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+                db.execute("SELECT 1 FROM samples LIMIT 1").fetchone()
             else:
                 found = prepare(self.path)
                 self.set_aside = found or self.set_aside

@@ -5,7 +5,7 @@ An offline process, run daily (numpy and scikit-learn stay out of the daemon): i
 held-out days and writes the coefficients and habits (models/rooms.json) for the daemon.
 
 Fitting: ordinary least squares (scikit-learn's LinearRegression) of the per-step temperature
-change on the model's features. About 1,400 samples a day per room for 11 coefficients is well
+change on the model's features. About 1,400 samples a day per room for 12 coefficients is well
 determined, so ridge's shrinkage would buy nothing and would bias the AC and occupancy gains the
 controller relies on; lstsq's minimum-norm answer already copes with a column that never moves (an
 AC that never ran; its gains then come from the default model, see `fit_room`). The time constant
@@ -13,10 +13,11 @@ of the slow temperature (ems.roommodel) is chosen per room from SLOW_TAUS_S on t
 days.
 
 Evaluation: the last HOLDOUT_SHARE of days (at least one) is held out. From every held-out sample
-whose next 15 minutes are recorded, the model fitted on the other days is rolled forward with the
+whose next 15 minutes are recorded, the model fitted on the days before is rolled forward with the
 recorded AC power, unit states and occupancy, and compared with the recorded temperature 15 minutes
 on: the RMSE per room and over all rooms, next to persistence (the temperature stays as it is). The
-exported coefficients are then fitted on every day.
+exported coefficients are then fitted on every day. A room with too little history keeps the model it
+had (or the default one).
 
 Habits: a switch-on is `units_on` going from 0 to more. The first one of each local day gives the
 usual first switch-on per weekday (the median, where the room switched on at least on half of that
@@ -31,6 +32,7 @@ import json
 import math
 import sys
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -166,23 +168,24 @@ def local_columns(ts: Array, tz: ZoneInfo) -> tuple[Array, npt.NDArray[np.int64]
 
 
 def series_from(samples: Iterable[Sample], tz: ZoneInfo) -> dict[str, RoomSeries]:
-    """Group samples by room into arrays (samples in any order)."""
-    rows: dict[str, list[Sample]] = defaultdict(list)
+    """Group samples by room into arrays (samples in any order; 8 bytes a value while reading, not a Sample each)."""
+    cols: dict[str, tuple[array[float], ...]] = {}
     for s in samples:
-        rows[s.room].append(s)
+        c = cols.get(s.room)
+        if c is None:
+            c = cols[s.room] = tuple(array("d") for _ in range(6))
+        for col, value in zip(c, (s.ts, s.temp_c, s.ac_kw, s.units_on, 1.0 if s.occupied else 0.0,
+                                  math.nan if s.outdoor_c is None else s.outdoor_c), strict=True):
+            col.append(value)
     out = {}
-    for room, rs in sorted(rows.items()):
-        rs.sort(key=lambda s: s.ts)
-        ts = np.array([s.ts for s in rs], dtype=np.float64)
+    for room, c in sorted(cols.items()):
+        order = np.argsort(np.asarray(c[0]), kind="stable")
+        ts, temp, ac_kw, units_on, occupied, outdoor = (np.asarray(col, dtype=np.float64)[order] for col in c)
         hour, day = local_columns(ts, tz)
         dts = np.diff(ts)
-        out[room] = RoomSeries(
-            room=room, ts=ts, temp_c=np.array([s.temp_c for s in rs], dtype=np.float64),
-            ac_kw=np.array([s.ac_kw for s in rs], dtype=np.float64),
-            units_on=np.array([s.units_on for s in rs], dtype=np.float64),
-            occupied=np.array([1.0 if s.occupied else 0.0 for s in rs]),
-            outdoor_c=np.array([math.nan if s.outdoor_c is None else s.outdoor_c for s in rs]),
-            hour=hour, day=day, step_s=float(np.median(dts[dts > 0])) if (dts > 0).any() else 60.0)
+        out[room] = RoomSeries(room=room, ts=ts, temp_c=temp, ac_kw=ac_kw, units_on=units_on, occupied=occupied,
+                               outdoor_c=outdoor, hour=hour, day=day,
+                               step_s=float(np.median(dts[dts > 0])) if (dts > 0).any() else 60.0)
     return out
 
 
@@ -319,11 +322,17 @@ def covered_days(rooms: Iterable[RoomSeries]) -> list[int]:
     return sorted(d for d, c in cover.items() if c >= MIN_DAY_COVERAGE_S)
 
 
+class _Bar(tqdm):  # type: ignore[misc]
+    """tqdm without its monitor thread (it lives for the whole process; these bars tick often enough)."""
+
+    monitor_interval = 0
+
+
 def _bar(items: Iterable[T], progress: bool, desc: str, unit: str) -> Iterable[T]:
-    """A progress bar on stderr, or the items as they are (a disabled tqdm still starts its monitor thread)."""
+    """A progress bar on stderr, or the items as they are."""
     if not progress:
         return items
-    bar: Iterable[T] = tqdm(items, desc=desc, unit=unit, file=sys.stderr)
+    bar: Iterable[T] = _Bar(items, desc=desc, unit=unit, file=sys.stderr)
     return bar
 
 

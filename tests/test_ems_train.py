@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -233,39 +234,36 @@ def switching_series(first_on: dict[int, list[int | None]], temps: dict[int, flo
 
 
 def test_habits_take_the_usual_first_switch_on_of_each_weekday() -> None:
-    # day 4 of 1970 was a Monday; days 4, 11, 18 are Mondays, 5, 12, 19 Tuesdays, 6, 13 Wednesdays
+    # day 4 of 1970 was a Monday: days 4, 11, 18 are Mondays, 5, 12, 19 Tuesdays, ...
     series = switching_series({
         4: [480, 800], 11: [490], 18: [530],             # Monday: every week -> median 490
         5: [470], 12: [None], 19: [None],                # Tuesday: once in three -> no habit
-        6: [450], 13: [None],                            # Wednesday: once in two -> half, but only once
+        6: [450], 13: [None],                            # Wednesday: half the days, but only once -> none
         7: [440], 14: [460],                             # Thursday: twice in two -> 450
+        8: [430], 15: [None], 22: [450], 29: [None],     # Friday: twice in four (half) -> 440
     })
     h = habits_of(series)
-    assert h.first_on_min[0] == 490.0
-    assert h.first_on_min[1] is None
-    assert h.first_on_min[2] is None
-    assert h.first_on_min[3] == 450.0
-    assert h.first_on_min[4:] == (None, None, None)
-    assert h.days == 10
+    assert h.first_on_min == (490.0, None, None, 450.0, 440.0, None, None)
+    assert h.days == 14
 
 
 def test_habit_temperatures_skip_quick_restarts() -> None:
-    # a switch-on at 08:00 at 29.5 degC, off at 08:20, back on at 08:30 (the energy manager's rotation) at 27.5
-    temps = {479: 29.5, 509: 27.5, 599: 28.5}
-    series = switching_series({4: [480, 510, 600]}, temps)   # 08:30 is 10 min after 08:20; 10:00 is 80 min after 08:50
-    h = habits_of(series)
+    # on at 08:00 (29.5 degC) for 20 min; on again at 08:30 (27.5) after 11 min off: the energy manager's
+    # rotation, not a person; on again at 09:19 (28.5) after exactly 30 min off: a person
+    temps = {479: 29.5, 509: 27.5, 558: 28.5}
+    h = habits_of(switching_series({4: [480, 510, 559]}, temps))
     assert h.switch_ons == 2
-    assert h.on_temp_c == pytest.approx(29.0)    # median of 29.5 and 28.5; the 27.5 restart does not count
+    assert h.on_temp_c == pytest.approx(29.0)    # the median of 29.5 and 28.5
 
 
 def test_main_writes_the_models_and_prints_json(history_db: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rooms.json"
-    code = main(["--history", str(history_db), "--out", str(out), "--days", "4", "--json", "--no-progress"])
+    code = main(["--history", str(history_db), "--out", str(out), "--days", "8", "--json", "--no-progress"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["days"] == 4
-    assert report["held_out_days"] == 1
+    assert report["days"] == 8
+    assert report["held_out_days"] == 2         # 20 % of 8 days, rounded
     assert set(report["rooms"]) == {"r1", "r2", "r3"}
     assert report["rmse_15min_c"] == pytest.approx(
         math.sqrt(sum(r["rmse_15min_c"] ** 2 * r["evaluated"] for r in report["rooms"].values())
@@ -300,12 +298,25 @@ def test_a_room_short_of_data_keeps_its_last_model(history_db: Path, tmp_path: P
     out = tmp_path / "rooms.json"
     kept = replace(default_model("gym"), trained_at=1.7e9, rmse_15min_c=0.3)
     RoomModels(rooms={"gym": kept}).save(out)
-    gym = RoomHistory(history_db)
+    db = tmp_path / "history.db"
+    shutil.copy(history_db, db)                 # the module's history stays as it is for the other tests
+    gym = RoomHistory(db)
     newest = gym.span()
     assert newest is not None
     assert gym.add([Sample(newest[1] - 60 * i, "gym", 27.0, 26.0, 0, 0.0) for i in range(30)])
     gym.close()
-    report = train(history_db, out, days=3, progress=False)
+    report = train(db, out, days=3, progress=False)
     assert "gym" in report.skipped
     assert RoomModels.load(out).rooms["gym"] == kept
     assert RoomModels.load(out).rooms["r1"].trained
+
+
+def test_progress_goes_to_stderr_and_the_report_to_stdout(history_db: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--history", str(history_db), "--out", str(tmp_path / "rooms.json"), "--days", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "reading history" in err
+    assert "fitting rooms" in err
+    assert "3/3" in err
+    assert "fitting" not in out
+    assert "15-minute RMSE" in out
