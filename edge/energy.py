@@ -26,7 +26,9 @@ from edge.core.config import Config, EmsConfig, ModbusDevice
 from edge.core.control import Ask, Control, Denial, Result, refusal
 from edge.core.events import EventBus, Message
 from edge.core.model import Kind
+from edge.core.schedule import DAYS
 from edge.core.store import StorageError, Store
+from edge.core.timetable import occupied
 from ems.alarms import AlarmEngine, AlarmEvent, AlarmNotRaised
 from ems.blocks import DemandMeter
 from ems.controller import EmsController, EmsPolicy
@@ -79,6 +81,7 @@ class EnergyService:
         self.usage = UsageMeter(host.tz)
         self.acs = [d for d in cfg.modbus_devices() if d.kind == Kind.AC and d.room is not None]
         self.floor = {r.id: r.floor for r in cfg.rooms}
+        self.away = {r.id: {DAYS.index(d): frozenset(n) for d, n in r.away.items()} for r in cfg.rooms}
         self._last_reading: str | None = None
         self._last_snapshot = 0.0
         self._off_since: dict[str, float] = {}
@@ -163,8 +166,17 @@ class EnergyService:
             on=on, setpoint_c=float(setpoint) if isinstance(setpoint, int | float) else 26.0,
             room_temp_c=st.get("room_temp_c"), wanted_on=bool(wanted.get("power_on", on)),
             wanted_setpoint_c=float(wanted.get("setpoint_c", setpoint if isinstance(setpoint, int | float) else 26.0)),
-            off_since=self._off_since.get(dev.id), occupied=None,
+            off_since=self._off_since.get(dev.id), occupied=self.occupied(room, now),
             priority=self.ems.room_priority.get(room, 0), shed=dev.id in self.controller.shed_units())
+
+    def occupied(self, room: str, now: float) -> bool | None:
+        """From the timetable (None without one: unknown)."""
+        tt = self.host.cfg.timetable
+        if tt is None:
+            return None
+        local = datetime.fromtimestamp(now, self.host.tz)
+        return occupied(local, self.away.get(room, {}).get(local.weekday(), frozenset()),
+                        lunch_in_room=tt.lunch_in_room)
 
     # -- one turn -----------------------------------------------------------------------------------
     async def turn(self, now: float) -> list[Action]:

@@ -6,17 +6,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from conftest import free_port, until
 from helpers.sites import two_bus_school
 
+from edge.config import load_config
 from edge.core.alarms import DOCUMENT as ALARMS
 from edge.core.arbiter import Source
 from edge.core.config import Config
 from edge.core.control import Ask
+from edge.core.loader import ConfigError
+from edge.core.timetable import occupied
 from edge.daemon import Daemon
 from edge.energy import EnergyService
 from simulator.app import VirtualSchool
@@ -193,3 +199,60 @@ async def test_a_class_that_used_its_quota_is_denied_starts_until_staff_top_it_u
         assert "quota" in kinds
         bad = await daemon.control.site("quota.topup", {"target": "999", "kwh": 5}, "facility:F1")
         assert bad.code == "unknown_target"
+
+
+async def test_an_ac_left_on_in_an_empty_room_is_switched_off_with_a_notice(
+        school: tuple[dict[str, Any], VirtualSchool], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, sim = school
+    data = dict(base)
+    data["ems"] = {"meter": "meter-main", "contract_kw": sim.site_power_w / 1000 * 3, **FAST, "empty_grace_min": 0.02}
+    data["timetable"] = {"kind": "elementary"}
+    cfg = Config.model_validate(data)
+    empty = {"101"}
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        ems = ems_of(daemon)
+        monkeypatch.setattr(ems, "occupied", lambda room, now: room not in empty)
+        sub = daemon.bus.subscribe("event", name="test")
+        for ac in ("ac-101a", "ac-401a"):
+            assert (await daemon.control.ask(Ask(ac, {"power_on": True}, Source.TEACHER, "t"))).ok
+        await until(lambda: not sim.ac("ac-101a").power_on, within=15, what="the AC in the empty room switched off")
+        assert sim.ac("ac-401a").power_on is True
+        notes = []
+        while not sub.queue.empty():
+            msg = sub.queue.get_nowait()
+            if msg.key == "ems":
+                notes.append(msg.payload)
+        assert [(n["action"], n["device"]) for n in notes] == [("switch_off", "ac-101a")]
+        assert "empty room" in notes[0]["reason"]
+        # a switch, not a hold: the class is back and switches it on again
+        empty.clear()
+        assert (await daemon.control.ask(Ask("ac-101a", {"power_on": True}, Source.TEACHER, "t"))).ok
+
+
+def test_occupancy_comes_from_the_timetable_and_the_class_s_away_lessons() -> None:
+    tz = ZoneInfo("Asia/Taipei")
+    tue_p3 = datetime(2026, 6, 16, 10, 45, tzinfo=tz)     # a Tuesday, period 3
+    assert occupied(tue_p3) is True
+    assert occupied(tue_p3, frozenset({3})) is False        # at PE
+    assert occupied(datetime(2026, 6, 16, 17, 0, tzinfo=tz)) is False      # after the last period
+    assert occupied(datetime(2026, 6, 20, 10, 45, tzinfo=tz)) is False     # Saturday
+    lunch = datetime(2026, 6, 16, 12, 10, tzinfo=tz)
+    assert occupied(lunch) is True
+    assert occupied(lunch, lunch_in_room=False) is False
+
+
+def test_ems_settings_name_real_units_and_rooms(tmp_path: Path) -> None:
+    base = two_bus_school(tmp_path, 1)
+    base["ems"] = {"meter": "meter-main", "contract_kw": 100, "unit_rated_kw": {"ac-999": 2.0, "light-401": 1.0},
+                   "room_priority": {"999": 5}}
+    base["rooms"][0]["away"] = {"someday": [3]}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "ems.unit_rated_kw.ac-999: 'ac-999' is not an AC device" in text
+    assert "ems.unit_rated_kw.light-401" in text
+    assert "ems.room_priority.999: unknown room '999'" in text
+    assert "rooms[0].away.someday" in text

@@ -85,6 +85,9 @@ class RtuBus(_M):
 Bus = Annotated[TcpBus | RtuBus, Field(discriminator="type")]
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
 class Room(_M):
     id: Id
     name: str = ""
@@ -92,6 +95,16 @@ class Room(_M):
     area_m2: float = Field(70.0, gt=0, le=2000)
     west_facing: bool = False
     pupils: int = Field(28, ge=0, le=200)
+    away: dict[Weekday, list[Annotated[int, Field(ge=1, le=7)]]] = Field(
+        default_factory=dict, description="lessons the class spends elsewhere (PE, music), by weekday: {mon: [3]}")
+
+
+class TimetableConfig(_M):
+    """The school day the energy manager reads occupancy from (an AC on in an empty room is switched off)."""
+
+    kind: Literal["elementary"] = Field("elementary", description="40-minute periods, breaks, lunch and nap"
+                                                                  " in the classroom (New Taipei elementary)")
+    lunch_in_room: bool = True
 
 
 class ModbusDevice(_M):
@@ -326,6 +339,8 @@ class Config(_M):
     ems: EmsConfig | None = None
     schedules: list[ScheduleEntry] = Field(default_factory=list)
     room_groups: list[RoomGroup] = Field(default_factory=list)
+    timetable: TimetableConfig | None = Field(None, description="without it, occupancy is unknown: no AC is"
+                                                                " switched off for an empty room")
     simulation: SimulationConfig = SimulationConfig()
     control: ControlConfig = Field(default_factory=ControlConfig)
     bookings: BookingsConfig = Field(default_factory=BookingsConfig)
