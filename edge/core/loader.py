@@ -361,8 +361,8 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
         if not isinstance(meter, ModbusDevice) or meter.kind != Kind.METER:
             yield ("ems", "meter"), f"{cfg.ems.meter!r} is not a meter device"
         for unit in cfg.ems.unit_rated_kw:
-            dev = by_id.get(unit)
-            if not isinstance(dev, ModbusDevice) or dev.kind != Kind.AC:
+            ac = by_id.get(unit)
+            if not isinstance(ac, ModbusDevice) or ac.kind != Kind.AC:
                 yield ("ems", "unit_rated_kw", unit), f"{unit!r} is not an AC device"
         for room in cfg.ems.room_priority:
             if room not in room_ids:
