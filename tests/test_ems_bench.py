@@ -242,6 +242,85 @@ def test_a_shed_holds_and_a_release_brings_the_wish_back_after_the_minimum_off_t
     assert compute_kpis(run)["ems_actions"] == {"shed_setpoint": 0, "shed_off": 1, "restore": 1, "switch_off": 0}
 
 
+class Scripted:
+    """Runs `plan(now, views) -> actions` each step; records the views of ac-101a."""
+
+    name = "scripted"
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.seen: list[tuple[float, UnitView]] = []
+
+    def step(self, now: float, block: BlockStatus, units: Sequence[UnitView]) -> list[Action]:
+        views = {u.id: u for u in units}
+        self.seen.append((now, views["ac-101a"]))
+        return list(self.plan(now, views))
+
+    def admit(self, now: float, block: BlockStatus, unit: UnitView, fields: Mapping[str, object]) -> str | None:
+        return None
+
+
+def test_a_shed_nobody_releases_ends_after_an_hour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shed_at: list[float] = []
+
+    def plan(now: float, views: Mapping[str, UnitView]) -> list[Action]:
+        if not shed_at and views["ac-101a"].on:
+            shed_at.append(now)
+            return [Action("ac-101a", ActionKind.SHED_OFF, {"power_on": False}, "test")]
+        return []
+
+    ctl = Scripted(plan)
+    monkeypatch.setitem(CONTROLLERS, "scripted", lambda _sc, _school: ctl)
+    run = simulate(scenario(tmp_path, hours=1.5), "scripted")
+    mine = [(t, on) for t, uid, on in run.commands if uid == "ac-101a"]
+    assert mine[1] == (shed_at[0], False)
+    assert mine[2] == (shed_at[0] + 3600.0, True)        # the hold expired: the teacher's wish is back
+    assert all(u.shed for t, u in ctl.seen if shed_at[0] < t < shed_at[0] + 3600)
+    assert not any(u.shed for t, u in ctl.seen if t > shed_at[0] + 3600)
+
+
+def test_switch_off_replaces_the_wish_once_and_the_teacher_asks_again(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    done: list[float] = []
+
+    def plan(now: float, views: Mapping[str, UnitView]) -> list[Action]:
+        if not done and views["ac-101a"].on and views["ac-101b"].on:
+            done.append(now)
+            return [Action("ac-101a", ActionKind.SWITCH_OFF, {"power_on": False}, "test")]
+        return []
+
+    ctl = Scripted(plan)
+    monkeypatch.setitem(CONTROLLERS, "scripted", lambda _sc, _school: ctl)
+    run = simulate(scenario(tmp_path, extra="teachers: {reaction_s: 60}\n"), "scripted")
+    after = [u for t, u in ctl.seen if t > done[0]]
+    assert not after[0].on
+    assert not after[0].shed                       # not held: a baseline
+    assert not after[0].wanted_on                  # the teacher's "on" is gone
+    mine = [(t, on) for t, uid, on in run.commands if uid == "ac-101a"]
+    assert mine[1] == (done[0], False)
+    # the class is in and the room hot: the teacher asks again (within the reaction time) and it starts
+    # once the minimum off time is over
+    assert mine[2][1]
+    assert done[0] + MIN_OFF_S <= mine[2][0] <= done[0] + MIN_OFF_S + 2 * 60 + 10
+    assert K.min_off_violations(run.commands, MIN_OFF_S) == 0
+
+
+def test_an_action_outside_the_policy_is_refused_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[float] = []
+
+    def plan(now: float, views: Mapping[str, UnitView]) -> list[Action]:
+        if not sent and views["ac-101a"].on:
+            sent.append(now)
+            return [Action("ac-101a", ActionKind.SHED_SETPOINT, {"setpoint_c": 31.0}, "too warm a setpoint")]
+        return []
+
+    monkeypatch.setitem(CONTROLLERS, "scripted", lambda _sc, _school: Scripted(plan))
+    doc = run_bench(scenario(tmp_path, hours=0.5), "scripted")
+    assert sent
+    assert doc["ems_actions"]["shed_setpoint"] == 1
+    assert doc["ems_actions_refused"] == 1
+
+
 def test_the_adapter_logs_changes_and_a_quick_restart_counts(tmp_path: Path) -> None:
     school = BenchSchool(load_scenario(scenario(tmp_path)))
     clock = ManualClock(school.start)

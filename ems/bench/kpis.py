@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 from ems.blocks import block_start
+from ems.tariff import overrun_penalty_twd
 from ems.types import BLOCK_S
 
 HOUR_S = 3600.0
@@ -57,18 +58,8 @@ def sliding_peak_kw(step_s: float, power_kw: Sequence[float], window_s: float = 
 
 
 def penalty_twd(peak_kw: float, contract_kw: float, basic_twd_per_kw: float, school_leniency: bool) -> float:
-    """The overrun penalty on the part X of the peak above contract C (DOMAIN.md section 2).
-
-    Standard: rate * (2*min(X, 0.1C) + 3*max(0, X - 0.1C)); schools:
-    rate * (1*min(X, 0.05C) + 2*clip(X - 0.05C, 0, 0.05C) + 3*max(0, X - 0.1C)).
-    """
-    x = max(0.0, peak_kw - contract_kw)
-    c = contract_kw
-    if school_leniency:
-        units = min(x, 0.05 * c) + 2 * min(max(x - 0.05 * c, 0.0), 0.05 * c) + 3 * max(0.0, x - 0.1 * c)
-    else:
-        units = 2 * min(x, 0.1 * c) + 3 * max(0.0, x - 0.1 * c)
-    return basic_twd_per_kw * units
+    """The overrun penalty of a peak block over the contract (DOMAIN.md section 2, `ems.tariff`)."""
+    return overrun_penalty_twd(peak_kw, contract_kw, basic_twd_per_kw, school_leniency=school_leniency)
 
 
 def energy_kwh(step_s: float, power_kw: Sequence[float]) -> float:

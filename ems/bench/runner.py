@@ -1,18 +1,20 @@
 """`campus-edge ems bench`: a scenario's school day, far faster than real time, under one controller.
 
 Each control period (`step_s`, 10 s) at simulated time t:
-1. the arbiter starts units whose deferred start fell due (minimum off time);
+1. the arbiter drops expired holds and starts units whose deferred start fell due (minimum off time);
 2. the site meter's reading at t (power and energy counter) goes into `ems.blocks.DemandMeter`;
-3. the controller's `step(t, block, units)` runs, and its actions go to the real arbiter
-   (`edge.core.arbiter.Arbiter`) at the energy manager's priority (`Source.EMS`): a shed holds
-   `Action.fields`, RESTORE releases the hold, and the lower holders' wish comes back;
-4. the teachers act: every ask passes the controller's `admit` first, a granted one becomes the
-   teacher's request (`Source.TEACHER`) in the arbiter, exactly as the daemon's one way in does;
+3. the controller's `step(t, block, units)` runs and its actions go through the daemon's one way in
+   (`edge.core.control.Control`) as the daemon's energy manager sends them (edge/energy.py): a shed
+   is a request of the energy manager's priority (`Source.EMS`) holding `Action.fields` for at most
+   an hour, RESTORE releases it (the lower holders' wish comes back), SWITCH_OFF is a baseline (it
+   replaces the teacher's wish, once; it is not held);
+4. the teachers act: every ask goes through the same entry, whose admission hook is the
+   controller's `admit`; a granted one is the teacher's request (`Source.TEACHER`, until 18:00);
 5. the school's physics advances to t + step_s.
-The arbiter runs on a manual clock with a 180 s minimum off time and drives the simulated units
-through an `Actuators` adapter, which also counts every command that switches a unit on within
-180 s of switching it off (`min_off_violations`, which the arbiter should keep at 0).
-Holds never expire here: a controller lets go with RESTORE.
+The arbiter (`edge.core.arbiter.Arbiter`) runs on a manual clock with a 180 s minimum off time and
+drives the simulated units through an `Actuators` adapter, which also counts every command that
+switches a unit on within 180 s of switching it off (`min_off_violations`: the arbiter should keep
+it at 0). The policy's setpoint range is the Ministry's 26-28 °C, widened to the teachers' choices.
 
 The controller's compute time is measured with `time.perf_counter` around `step` and `admit` only;
 `compute_ratio` = that time / the simulated time. Every other KPI depends on the scenario and its
@@ -32,12 +34,16 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from zoneinfo import ZoneInfo
 
-from edge.core.arbiter import Arbiter, Request, Source
+from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import ManualClock
+from edge.core.config import ControlConfig
+from edge.core.control import Ask, Control
 from edge.core.driver import ApplyError
 from edge.core.loader import ConfigError
+from edge.core.model import Kind
 from ems.bench import kpis as K
 from ems.bench.registry import CONTROLLERS, ControllerUnavailable, make_controller
 from ems.bench.sim import BenchSchool
@@ -47,6 +53,7 @@ from ems.scenario import Scenario, load_scenario
 from ems.types import ActionKind, BlockStatus, Controller, UnitView
 
 MIN_OFF_S = 180.0            # the compressor's minimum off time (DOMAIN.md section 4), as the daemon's arbiter
+SHED_HOLD_S = 3600.0         # the daemon's shed hold (edge/energy.py): a shed nobody releases ends by itself
 EMPTY_ROOM_SETPOINT_C = 26.0
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -72,6 +79,7 @@ class BenchRun:
     room_ac_kwh: dict[str, float] = field(default_factory=dict)
     commands: list[tuple[float, str, bool]] = field(default_factory=list)
     actions: dict[str, int] = field(default_factory=lambda: {k.value: 0 for k in ActionKind})
+    actions_refused: int = 0                 # controller actions the one way in answered other than ok
     compressor_starts: int = 0
     asks: int = 0
     grants: int = 0
@@ -126,6 +134,13 @@ class _Bench:
                             sc.step_s)
         self.act = SimActuators(self.school, self.clock, self.run.commands)
         self.arbiter = Arbiter(self.act, clock=self.clock, min_off=lambda _a: MIN_OFF_S)
+        choices = sc.teachers.setpoint_choices_c
+        policy = ControlConfig(setpoint_min_c=min(26.0, *choices), setpoint_max_c=max(28.0, *choices),
+                               min_off_s=MIN_OFF_S)
+        # Control reads its zone only through datetime (fromtimestamp, isoformat): the scenario's fixed offset serves
+        self.control = Control(self.arbiter, dict.fromkeys(self.school.units, Kind.AC), lambda _d: True,
+                               self.act.actual, lambda _d: False, policy, self.clock,
+                               cast(ZoneInfo, self.school.tz), self._admission)
         self.meter = DemandMeter(sc.contract_kw, stale_after_s=max(15.0, 2 * sc.step_s))
         self.teachers = Teachers(sc.teachers, self.school, sc.seed)
         self.block: BlockStatus = self.meter.status(self.school.start)
@@ -135,24 +150,32 @@ class _Bench:
         self.run.held_off = {r: bytearray() for r in self.school.rooms}
 
     # -- what the controller sees ------------------------------------------------------------------
-    def view(self, uid: str) -> UnitView:
-        unit = self.school.units[uid]
-        rid = self.school.unit_room[uid]
-        room = self.school.rooms[rid]
+    def _lower(self, uid: str) -> tuple[dict[str, Any], bool]:
+        """What the sources below the energy manager want of `uid`, field by field; whether the EMS holds it."""
         now = self.clock.time()
-        wanted_on: Any = None
-        wanted_sp: Any = None
+        wanted: dict[str, Any] = {}
         shed = False
-        for req in self.arbiter.requests(uid):
+        for req in self.arbiter.requests(uid):   # highest first
             if req.expires is not None and req.expires <= now:
                 continue
             if req.source >= Source.EMS:
                 shed = shed or req.source == Source.EMS
                 continue
-            if wanted_on is None and "power_on" in req.fields:
-                wanted_on = req.fields["power_on"]
-            if wanted_sp is None and "setpoint_c" in req.fields:
-                wanted_sp = req.fields["setpoint_c"]
+            for k, v in req.fields.items():
+                wanted.setdefault(k, v)
+        return wanted, shed
+
+    def wanted_on(self, unit: str) -> bool:
+        wanted, _shed = self._lower(unit)
+        return bool(wanted.get("power_on", self.school.units[unit].power_on))
+
+    def view(self, uid: str) -> UnitView:
+        unit = self.school.units[uid]
+        rid = self.school.unit_room[uid]
+        room = self.school.rooms[rid]
+        wanted, shed = self._lower(uid)
+        wanted_on = wanted.get("power_on")
+        wanted_sp = wanted.get("setpoint_c")
         return UnitView(
             id=uid, room=rid, floor=room.floor, rated_kw=self.sc.rooms.unit_rated_kw, power_kw=unit.power_w / 1000.0,
             on=unit.power_on, setpoint_c=unit.setpoint_c, room_temp_c=unit.room_temp_c,
@@ -161,25 +184,30 @@ class _Bench:
             off_since=None if unit.power_on else self.act.off_at.get(uid),
             occupied=self._occ[rid], priority=room.priority, shed=shed)
 
-    # -- the teachers' way in (ems.bench.teachers.Desk) --------------------------------------------
-    async def ask(self, unit: str, change: Mapping[str, object], wish: Mapping[str, object]) -> bool:
-        view = self.view(unit)
+    # -- the one way in ----------------------------------------------------------------------------
+    def _admission(self, target: str, _kind: Kind, fields: Mapping[str, Any], source: Source) -> str | None:
+        """The controller's admission on every source below it, as the daemon's energy manager seats it."""
+        if source >= Source.EMS:
+            return None
+        view = self.view(target)
         t = time.perf_counter()
-        reason = self.controller.admit(self.clock.time(), self.block, view, change)
+        reason = self.controller.admit(self.clock.time(), self.block, view, fields)
         self.run.compute_s += time.perf_counter() - t
-        if reason is not None:
-            return False
-        await self.arbiter.submit(Request(unit, Source.TEACHER, dict(wish), None, f"teacher:{view.room}"))
-        return True
+        return reason
+
+    async def ask(self, unit: str, fields: Mapping[str, object]) -> bool:
+        """A teacher's request from the app (ems.bench.teachers.Desk)."""
+        room = self.school.unit_room[unit]
+        out = await self.control.ask(Ask(unit, dict(fields), Source.TEACHER, f"teacher:{room}"))
+        return out.status == "ok"
 
     # -- the day -----------------------------------------------------------------------------------
     async def go(self, progress: bool) -> BenchRun:
         sc, school, run = self.sc, self.school, self.run
-        for room in school.rooms.values():   # the ACs the empty rooms' classes left on yesterday
+        for room in school.rooms.values():   # left on yesterday in the rooms whose class is away: nobody's request now
             if room.empty:
                 for uid in room.units:
-                    await self.arbiter.submit(Request(uid, Source.TEACHER, {"power_on": True,
-                                                      "setpoint_c": EMPTY_ROOM_SETPOINT_C}, None, "teacher:yesterday"))
+                    await self.act.apply(uid, {"power_on": True, "setpoint_c": EMPTY_ROOM_SETPOINT_C})
         starts0 = sum(u.starts for u in school.units.values())
         n = max(1, round(sc.duration_h * 3600.0 / sc.step_s))
         bar = _progress(n, f"{sc.name} / {run.controller}", progress)
@@ -216,15 +244,20 @@ class _Bench:
         return run
 
     async def _apply(self, actions: Sequence[Any]) -> None:
+        """The controller's actions, as the daemon's energy manager applies them (edge/energy.py)."""
         for a in actions:
             if a.unit not in self.school.units:
                 raise BenchError(f"controller {self.run.controller!r} acted on unknown unit {a.unit!r}")
             kind = ActionKind(a.kind)
             self.run.actions[kind.value] += 1
             if kind == ActionKind.RESTORE:
-                await self.arbiter.release(a.unit, Source.EMS)
+                out = await self.control.release(a.unit, Source.EMS, "ems")
+            elif kind == ActionKind.SWITCH_OFF:
+                out = await self.control.baseline(a.unit, dict(a.fields), "ems")
             else:
-                await self.arbiter.submit(Request(a.unit, Source.EMS, dict(a.fields), None, f"ems:{kind.value}"))
+                out = await self.control.ask(Ask(a.unit, dict(a.fields), Source.EMS, "ems", hold_s=SHED_HOLD_S))
+            if out.status != "ok":
+                self.run.actions_refused += 1
 
     def _record(self, t: float) -> None:
         """Temperatures at t; occupancy and "held off" over [t, t + step_s)."""
@@ -290,6 +323,7 @@ def compute_kpis(run: BenchRun) -> dict[str, Any]:
         "requests_asked": run.asks,
         "requests_granted": run.grants,
         "ems_actions": dict(run.actions),
+        "ems_actions_refused": run.actions_refused,
         "compressor_starts": run.compressor_starts,
         "rooms": len(run.rooms),
         "units": run.units,

@@ -2,8 +2,10 @@
 
 A teacher whose class is in and whose room is above `on_above_c` reaches for the app after a short
 delay (uniform, mean `reaction_s`) and asks to switch the room's units on with a setpoint from
-`setpoint_choices_c`; each unit's ask goes to the controller's admission (`Desk.ask`); a refused unit
-is asked for again after about `retry_s` (±20 %). While on, the teacher changes the setpoint now and
+`setpoint_choices_c`; each unit's ask goes the daemon's one way in (`Desk.ask`: the controller's
+admission, then the arbiter); a refused unit is asked for again after about `retry_s` (±20 %). A unit
+the energy manager switched off in an empty room (a baseline, not a hold) is no longer the teacher's:
+back in a hot room, the teacher asks again. While on, the teacher changes the setpoint now and
 then (`override_per_h`, a Poisson process). When the class leaves for a whole lesson elsewhere (PE,
 music) or at the end of the day, the teacher switches the units off, unless they forget
 (`forget_share`): then the units run on in the empty room, which is what an energy manager's
@@ -28,10 +30,14 @@ RETRY_JITTER = 0.2
 
 
 class Desk(Protocol):
-    """Where a teacher's wish goes: the controller's admission, then the arbiter (as in the daemon)."""
+    """The app's way in for a teacher: the daemon's one way in (validation, admission, the arbiter)."""
 
-    async def ask(self, unit: str, change: Mapping[str, object], wish: Mapping[str, object]) -> bool:
-        """Offer `change` of `unit` to admission; if granted (True), `wish` becomes the teacher's request."""
+    async def ask(self, unit: str, fields: Mapping[str, object]) -> bool:
+        """Ask for `fields` on `unit` as the teacher; True when granted."""
+        ...
+
+    def wanted_on(self, unit: str) -> bool:
+        """Whether the sources below the energy manager still want `unit` on (a schedule may have switched it off)."""
         ...
 
 
@@ -75,15 +81,18 @@ class Teachers:
         t = self._t.get(room)
         return t is not None and (t.any_on() or t.refused)
 
-    async def _ask(self, desk: Desk, unit: str, change: Mapping[str, object], wish: Mapping[str, object]) -> bool:
+    async def _ask(self, desk: Desk, unit: str, fields: Mapping[str, object]) -> bool:
         self.asks += 1
-        ok = await desk.ask(unit, change, wish)
+        ok = await desk.ask(unit, fields)
         self.grants += ok
         return ok
 
     async def act(self, now: float, desk: Desk) -> None:
         """Each teacher looks at the class and the room at `now` and acts."""
         for rid, t in self._t.items():
+            for u in t.units:   # a wish switched off by someone else (the energy manager's switch-off) is gone
+                if t.wished.get(u) and not desk.wanted_on(u):
+                    t.wished[u] = False
             inside = self.school.occupied(rid, now)
             if t.was_in and not inside:
                 await self._class_left(now, t, desk)
@@ -99,7 +108,7 @@ class Teachers:
         if not t.any_on() or t.streams["forget"].random() < self.model.forget_share:
             return
         for u in t.units:
-            if t.wished.get(u) and await self._ask(desk, u, {"power_on": False}, {"power_on": False}):
+            if t.wished.get(u) and await self._ask(desk, u, {"power_on": False}):
                 t.wished[u] = False
         if not t.any_on():
             t.setpoint_c = None
@@ -124,7 +133,7 @@ class Teachers:
             t.setpoint_c = t.streams["setpoint"].choice(m.setpoint_choices_c)
         wish = {"power_on": True, "setpoint_c": t.setpoint_c}
         for u in t.missing():
-            if await self._ask(desk, u, wish, wish):
+            if await self._ask(desk, u, wish):
                 t.wished[u] = True
         if t.missing():
             t.refused = True
@@ -143,7 +152,7 @@ class Teachers:
         granted = False
         for u in t.units:
             if t.wished.get(u):
-                granted |= await self._ask(desk, u, {"setpoint_c": new}, {"power_on": True, "setpoint_c": new})
+                granted |= await self._ask(desk, u, {"setpoint_c": new})
         if granted:
             t.setpoint_c = new
 
