@@ -237,6 +237,33 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     return run_ctl(args)
 
 
+def _option(rest: list[str], name: str) -> str | None:
+    """Take `name VALUE` (or `name=VALUE`) out of `rest`; its value, None if absent."""
+    for i, arg in enumerate(rest):
+        if arg == name and i + 1 < len(rest):
+            value = rest[i + 1]
+            del rest[i:i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del rest[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def cmd_ems(args: argparse.Namespace) -> int:
+    """`ems bench` runs a scenario (no site config); `ems train` learns the rooms of a site's history."""
+    if args.ems_command == "bench":
+        from ems.bench.runner import main as bench_main  # lazy: numpy, scipy and matplotlib only for the bench
+
+        return bench_main(args.rest)
+    cfg = _load(args.config)
+    storage = Path(cfg.storage.path)
+    from ems.train import main as train_main  # lazy: scikit-learn only for training, never in the daemon
+
+    return train_main(["--history", str(storage / "history.db"), "--out", str(storage / "models" / "rooms.json"),
+                       "--tz", cfg.site.timezone, *args.rest])
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="campus-edge",
@@ -287,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", default=None, help="the control socket (instead of --config)")
     p.set_defaults(func=cmd_set)
 
+    p = sub.add_parser("ems", help="the energy manager's offline tools: bench a controller, train the room models",
+                       description="ems bench SCENARIO.yaml --controller none|staggered|threshold|ems|oracle"
+                                   " [--json OUT] [--plot PNG]; ems train --config FILE [--days N] [--json]."
+                                   " Each subcommand has its own --help.")
+    ems_sub = p.add_subparsers(dest="ems_command", required=True, metavar="bench|train")
+    ems_sub.add_parser("bench", help="run a scenario faster than real time (CONTRACT.md section 5)", add_help=False)
+    q = ems_sub.add_parser("train", help="learn each room's temperature model from the daemon's history",
+                           add_help=False)
+    q.add_argument("--config", help="site configuration (its storage.path holds the history)")
+    p.set_defaults(func=cmd_ems)
+
     p = sub.add_parser("modbus", help="commissioning tools: scan a bus, read registers")
     from edge.modbus_cli import add_modbus_arguments  # lazy: pymodbus only for `modbus`
 
@@ -303,7 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    for i in range(len(args_list) - 1):   # `ems bench` and `ems train` options belong to their own parsers
+        if args_list[i] == "ems" and args_list[i + 1] in ("bench", "train"):
+            known = ap.parse_args([*args_list[:i + 2], *(["--config", "-"] if args_list[i + 1] == "train" else [])])
+            known.rest = args_list[i + 2:]
+            if args_list[i + 1] == "train":
+                known.config = _option(known.rest, "--config")
+                if known.config is None:
+                    if {"-h", "--help"} & set(known.rest):
+                        print("usage: campus-edge ems train --config FILE [--days N] [--json] [--no-progress]")
+                        return EXIT_OK
+                    ap.error("ems train needs --config FILE")
+            # a bench run is thousands of control decisions: their INFO lines only when asked for
+            explicit = any(a.startswith("--log-level") for a in args_list[:i])
+            setup_logging(known.log_level if explicit else "WARNING", known.log_format)
+            return int(known.func(known))
+    args = ap.parse_args(args_list)
     setup_logging(args.log_level, args.log_format)
     if args.command == "check-config":
         args.config = args.config or args.config_opt

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -32,6 +33,8 @@ from edge.core.timetable import occupied
 from ems.alarms import AlarmEngine, AlarmEvent, AlarmNotRaised
 from ems.blocks import DemandMeter
 from ems.controller import EmsController, EmsPolicy
+from ems.history import RoomHistory, Sample
+from ems.roommodel import RoomModels, SlowTemps, load_models
 from ems.types import Action, ActionKind, BlockStatus, UnitView
 from ems.usage import DayUsage, QuotaWarning, UsageMeter
 
@@ -41,6 +44,8 @@ SNAPSHOT_KEY = "ems/state"
 SNAPSHOT_EVERY_S = 60.0
 TICK_S = 1.0              # the meter is read this often into the block (it polls every second)
 SHED_HOLD_S = 3600.0      # a shed request expires by itself if the EMS dies: the teacher's wish comes back
+SAMPLE_EVERY_S = 60.0     # one history sample per room this often (what `campus-edge ems train` learns from)
+MODELS_FILE = Path("models") / "rooms.json"
 
 
 class Host(Protocol):
@@ -74,7 +79,14 @@ class EnergyService:
         self.ems = ems
         cfg = host.cfg
         self.meter = DemandMeter(ems.contract_kw, stale_after_s=ems.stale_after_s)
-        self.controller = EmsController(policy_of(cfg, ems))
+        self.controller = EmsController(policy_of(cfg, ems), rise_c_per_h=self._rise)
+        self.storage = Path(cfg.storage.path)
+        self.models: RoomModels = RoomModels({})
+        self._models_mtime: float | None = None
+        self.slow = SlowTemps()
+        self.history: RoomHistory | None = None
+        self._room_temp: dict[str, float] = {}
+        self._last_sample = -SAMPLE_EVERY_S
         self.alarms = AlarmEngine(None, hysteresis_pct=ems.alarm_hysteresis_pct, raise_after_s=ems.alarm_raise_s,
                                   clear_after_s=ems.alarm_clear_s)
         self._alarm_doc: str | None = None
@@ -97,6 +109,19 @@ class EnergyService:
     # -- lifecycle ----------------------------------------------------------------------------------
     async def __aenter__(self) -> EnergyService:
         self._restore()
+        self._load_models()
+        loop = asyncio.get_running_loop()
+
+        def storage_fault(message: str) -> None:   # called from the writer's thread
+            loop.call_soon_threadsafe(self.host.on_event, "storage", {"database": "history.db",
+                                                                       "action": "write_failed", "message": message})
+
+        # opening checks the file's integrity (seconds on a Pi for a big one): off the event loop
+        self.history = await asyncio.to_thread(RoomHistory, self.storage / "history.db", on_error=storage_fault)
+        if self.history.set_aside is not None:
+            aside = self.history.set_aside
+            self.host.on_event("storage", {"database": "history.db", "action": "set_aside", "reason": aside.reason,
+                                           "moved_to": str(aside.moved_to), "lost": "the rooms' temperature history"})
         self.host.control.admission = self.admission
         self.host.control.site_actions["alarm.ack"] = self._ack
         self.host.control.site_actions["quota.topup"] = self._top_up
@@ -109,6 +134,8 @@ class EnergyService:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._snapshot(force=True)
+        if self.history is not None:
+            await asyncio.to_thread(self.history.close)
 
     async def _run(self) -> None:
         next_turn = 0.0
@@ -184,6 +211,7 @@ class EnergyService:
         self._alarm_turn(now, block)
         views = [self.view(d, now) for d in self.acs if self.host.states.get(d.id, {}).get("online")]
         self._usage_turn(now, views)
+        await self._history_turn(now, views)
         actions = self.controller.step(now, block, views)
         for a in actions:
             await self._apply(a)
@@ -208,6 +236,55 @@ class EnergyService:
     def _publish(self, now: float, block: BlockStatus) -> None:
         """The `ems` telemetry (CONTRACT.md section 4) as a state message of the pseudo-device `ems`."""
         self.host.bus.publish(Message("state", "ems", {**self.status_fields(block), "online": True}, now))
+
+    # -- learning the rooms -----------------------------------------------------------------------------
+    def _load_models(self) -> None:
+        """The coefficients `campus-edge ems train` exported (defaults until then); reloaded when the file changes."""
+        path = self.storage / MODELS_FILE
+        try:
+            mtime: float | None = path.stat().st_mtime
+        except OSError:
+            mtime = None
+        if mtime != self._models_mtime:
+            self._models_mtime = mtime
+            self.models = load_models(path)
+            log.info("ems: room models %s", f"from {path}" if mtime is not None else "by default (not trained yet)")
+
+    def _rise(self, room: str, now: float) -> float | None:
+        """The controller's temperature headroom: °C per hour with the AC off, from the room's model."""
+        temp = self._room_temp.get(room)
+        if temp is None:
+            return None
+        local = datetime.fromtimestamp(now, self.host.tz)
+        return self.models.model(room).rise_c_per_h(temp, occupied=self.occupied(room, now),
+                                                    hour=local.hour + local.minute / 60, slow_c=self.slow.get(room))
+
+    async def _history_turn(self, now: float, views: list[UnitView]) -> None:
+        by_room: dict[str, list[UnitView]] = {}
+        for v in views:
+            by_room.setdefault(v.room, []).append(v)
+        for room, units in by_room.items():
+            temps = [u.room_temp_c for u in units if u.room_temp_c is not None]
+            if temps:
+                self._room_temp[room] = sum(temps) / len(temps)
+        if now - self._last_sample < SAMPLE_EVERY_S:
+            return
+        self._last_sample = now
+        self._load_models()
+        samples = []
+        for room, units in by_room.items():
+            if room not in self._room_temp:
+                continue
+            temp = self._room_temp[room]
+            self.slow.update(self.models.model(room), temp, now)
+            on = [u for u in units if u.on]
+            samples.append(Sample(ts=now, room=room, temp_c=round(temp, 2),
+                                  setpoint_c=min((u.setpoint_c for u in on), default=units[0].setpoint_c),
+                                  units_on=len(on), ac_kw=sum(u.power_kw if u.power_kw is not None else u.rated_kw
+                                                              for u in on),
+                                  occupied=self.occupied(room, now)))
+        if samples and self.history is not None:
+            await asyncio.to_thread(self.history.add, samples)
 
     # -- each class's AC use -------------------------------------------------------------------------
     def _usage_turn(self, now: float, views: list[UnitView]) -> None:
