@@ -14,7 +14,7 @@ from typing import Any
 
 from cloud_sync.lineproto import Point
 from edge.core.config import Config, ModbusDevice, RelayChannel
-from edge.core.model import Kind
+from edge.core.model import Kind, voltage_imbalance_pct
 
 # Sampling. Meters feed demand analysis (15-min blocks): 10 s keeps the shape of a compressor start
 # at 8,640 points a day. Classroom AC: room temperature moves over minutes and a change of on/off
@@ -53,6 +53,9 @@ def state_fields(kind: str, st: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(demand_w, int | float) and not isinstance(demand_w, bool):
             f["demand_kw"] = demand_w / 1000
         _phases(f, st.get("voltage_v"), "voltage", "v")
+        volts = st.get("voltage_v")
+        if isinstance(volts, list) and all(isinstance(v, int | float) for v in volts):
+            f["voltage_imbalance_pct"] = voltage_imbalance_pct(volts)
         _phases(f, st.get("current_a"), "current", "a")
         _phases(f, st.get("power_phase_w"), "power", "w")
     elif kind == "ems":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from edge.core.alarms import LEVELS, AlarmSet
+from edge.core.model import voltage_imbalance_pct
 from ems.types import BlockStatus
 
 State = Literal["raised", "cleared", "acknowledged"]
@@ -111,9 +112,8 @@ def quality_values(fields: Mapping[str, object]) -> dict[str, float]:
         out["pf_below"] = min(abs(x) for x in pf)     # the sign only says capacitive or inductive
     if volts := _numbers(fields.get("voltage_v")):
         out["voltage_low_v"], out["voltage_high_v"] = min(volts), max(volts)
-        mean = sum(volts) / len(volts)
-        if len(volts) >= 2 and mean > 0:
-            out["imbalance_pct_above"] = max(abs(x - mean) for x in volts) / mean * 100.0
+        if (imbalance := voltage_imbalance_pct(volts)) is not None:
+            out["imbalance_pct_above"] = imbalance
     if freq := _numbers(fields.get("freq_hz")):
         out["freq_low_hz"] = out["freq_high_hz"] = freq[0]
     if thd := _numbers(fields.get("thd_pct")):

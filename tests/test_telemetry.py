@@ -391,3 +391,13 @@ async def test_buffer_inserts_run_off_the_event_loop(tmp_path: Path, monkeypatch
     assert not any(on_loop), on_loop
     with Outbox(tmp_path / "telemetry.db", max_bytes=64 * 1024 * 1024) as ob:
         assert len(ob.peek(1000)) == 100
+
+
+def test_meter_telemetry_carries_the_voltage_imbalance_and_ems_its_block() -> None:
+    m = state_fields("meter", {"online": True, "voltage_v": [230.0, 226.0, 234.0], "pf": 0.9})
+    assert m["voltage_imbalance_pct"] == pytest.approx(4 / 230 * 100)     # max |V - mean| / mean
+    assert "voltage_imbalance_pct" not in state_fields("meter", {"online": True, "voltage_v": [230.0, None, 231.0]})
+    e = state_fields("ems", {"online": True, "block_avg_kw": 140.0, "projected_kw": 151.0, "allow_kw": 148.0,
+                             "contract_kw": 150.0, "shed_units": 3, "stale": False})
+    assert e == {"online": True, "block_avg_kw": 140.0, "projected_kw": 151.0, "allow_kw": 148.0,
+                 "contract_kw": 150.0, "shed_units": 3}

@@ -136,3 +136,11 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return abs(a - b) < 0.05
     return bool(a == b)
+
+
+def voltage_imbalance_pct(volts: list[float] | tuple[float, ...]) -> float | None:
+    """Phase voltage imbalance: the largest deviation from the mean, in % of the mean (NEMA's definition)."""
+    if len(volts) < 2:
+        return None
+    mean = sum(volts) / len(volts)
+    return max(abs(v - mean) for v in volts) / mean * 100.0 if mean > 0 else None
