@@ -5,7 +5,8 @@ daemon's development backend (drivers/beacon/datagram.py): it hears datagrams in
 The virtual school sends it what a radio at the gate would hear: each beacon of the scanner's
 `beacons` map advertises while its person is on site (a pupil of the roster from their gate
 arrival to their departure, anyone else 07:30-17:00 on school days), a stranger's phone
-advertises an iBeacon nobody mapped, and other devices advertise things that are no iBeacon.
+advertises an iBeacon nobody mapped (07:30-17:00 too), and another device advertises something that
+is no iBeacon at any hour.
 
 Advertisements repeat every `ADVERT_S` of the daemon's time (real seconds: `scale` simulated
 seconds each), as a radio hears a tag, whatever the simulation speed: presence is counted in the
@@ -100,6 +101,8 @@ class BeaconStream:
         return ":".join(f"{self.rng.randrange(256):02X}" for _ in range(6))
 
     def _on_site(self, b: _Beacon, now: float) -> bool:
+        if b.identity is None:   # the neighbourhood's other devices are on the air at any hour
+            return True
         plan = self.days.plan(self.days.local_day(now))
         if plan.day.weekday() >= 5:
             return False

@@ -30,7 +30,7 @@ from drivers.rfid import framing as real
 from drivers.rfid.framing import FRAMINGS, decoder
 from edge.core.access import GRANTED, UNKNOWN_CARD, WRONG_DOOR, decide, load_access
 from edge.core.clock import ManualClock, ScaledClock, SystemClock
-from edge.core.config import Config
+from edge.core.config import BeaconScanner, Config
 from edge.core.model import DeviceState
 from simulator import beacons, cards
 from simulator.app import VirtualSchool
@@ -288,6 +288,36 @@ def test_the_advertisements_are_ibeacons_the_parser_reads() -> None:
     assert len(ad) <= 31                                                # fits a legacy advertisement
     assert from_advertising_data(beacons.other_ad(random.Random(1))) is None
     assert parse_line(beacons.line("AA:BB:CC:DD:EE:FF", -61, ad)) == ("AA:BB:CC:DD:EE:FF", -61, ad)
+
+
+def _heard(datagrams: list[bytes]) -> list[str | None]:
+    """The iBeacon identities (None for anything else) in a stream's datagrams."""
+    out: list[str | None] = []
+    for d in datagrams:
+        for raw in d.splitlines():
+            parsed = parse_line(raw)
+            assert parsed is not None
+            found = from_advertising_data(parsed[2])
+            out.append(None if found is None else found.identity)
+    return out
+
+
+def test_the_beacon_stream_follows_the_school_day_at_the_gateways_pace(tmp_path: Path) -> None:
+    cfg = school_config(tmp_path, adapter="udp://127.0.0.1:9")
+    days = cards.Days(cards.roster(cfg))
+    scanner = next(d for d in cfg.devices if d.id == "ble")
+    assert isinstance(scanner, BeaconScanner)
+    arrives, leaves = days.plan(TUESDAY).on_site["S10101"]
+    stream = beacons.BeaconStream(scanner, days, at(TUESDAY, 6, 0), scale=20.0)
+    assert stream.period_s == 20.0                                      # one advert a second of gateway time
+    assert _heard(stream.due(at(TUESDAY, 7, 0))) == [None]               # before school: only other devices
+    assert stream.due(at(TUESDAY, 7, 0) + 15) == []                     # not again within the period
+    assert _heard(stream.due(at(TUESDAY, 7, 0) + 25)) == [None]
+    t = at(TUESDAY, 7, 30, 30)                                          # the teacher and the stranger are in
+    assert set(_heard(stream.due(t))) == {None, TAG_STAFF, beacons.STRANGER} | ({TAG_1} if arrives <= t else set())
+    assert TAG_1 in _heard(stream.due(arrives + 1))                     # the pupil, once through the gate
+    assert TAG_1 not in _heard(stream.due(leaves + 1))                  # and no more once gone
+    assert _heard(stream.due(at(date(2026, 6, 20), 10, 0))) == [None]    # a Saturday
 
 
 # -- the development backend --------------------------------------------------------------------------------
