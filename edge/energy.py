@@ -46,6 +46,7 @@ TICK_S = 1.0              # the meter is read this often into the block (it poll
 SHED_HOLD_S = 3600.0      # a shed request expires by itself if the EMS dies: the teacher's wish comes back
 SAMPLE_EVERY_S = 60.0     # one history sample per room this often (what `campus-edge ems train` learns from)
 MODELS_FILE = Path("models") / "rooms.json"
+PRECOOL_MARGIN_C = 1.0    # pre-cool a room already within this of the temperature its teachers switch on at
 
 
 class Host(Protocol):
@@ -87,6 +88,7 @@ class EnergyService:
         self.history: RoomHistory | None = None
         self._room_temp: dict[str, float] = {}
         self._last_sample = -SAMPLE_EVERY_S
+        self._precooled: dict[str, str] = {}    # room -> the local day it was pre-cooled
         self.alarms = AlarmEngine(None, hysteresis_pct=ems.alarm_hysteresis_pct, raise_after_s=ems.alarm_raise_s,
                                   clear_after_s=ems.alarm_clear_s)
         self._alarm_doc: str | None = None
@@ -215,6 +217,7 @@ class EnergyService:
         actions = self.controller.step(now, block, views)
         for a in actions:
             await self._apply(a)
+        await self._precool(now, block, views)
         self.turns += 1
         self._publish(now, block)
         return actions
@@ -223,7 +226,7 @@ class EnergyService:
         ctl = self.host.control
         if a.kind == ActionKind.RESTORE:
             out = await ctl.release(a.unit, Source.EMS, "ems")
-        elif a.kind == ActionKind.SWITCH_OFF:
+        elif a.kind in (ActionKind.SWITCH_OFF, ActionKind.PRECOOL):   # once, not held
             out = await ctl.baseline(a.unit, dict(a.fields), "ems")
         else:
             out = await ctl.ask(Ask(a.unit, dict(a.fields), Source.EMS, "ems", hold_s=SHED_HOLD_S))
@@ -285,6 +288,41 @@ class EnergyService:
                                   occupied=self.occupied(room, now)))
         if samples and self.history is not None:
             await asyncio.to_thread(self.history.add, samples)
+
+    async def _precool(self, now: float, block: BlockStatus, views: list[UnitView]) -> None:
+        """Before the morning rush: a room whose teachers usually switch on within `precool_lead_min`, and
+        which is already as warm as when they do, is switched on now, one room a turn, while the block has
+        room for it lasting (the rush then finds it cool instead of starting every unit at once)."""
+        lead_s = self.ems.precool_lead_min * 60
+        if lead_s <= 0 or block.stale:
+            return
+        local = datetime.fromtimestamp(now, self.host.tz)
+        minute = local.hour * 60 + local.minute + local.second / 60
+        today = local.date().isoformat()
+        by_room: dict[str, list[UnitView]] = {}
+        for v in views:
+            by_room.setdefault(v.room, []).append(v)
+        for room, units in sorted(by_room.items()):
+            habits = self.models.habits_of(room)
+            first = habits.first_on(local.weekday()) if habits is not None else None
+            if habits is None or first is None or self._precooled.get(room) == today:
+                continue
+            if not 0 < first - minute <= lead_s / 60 or any(u.on or u.wanted_on for u in units):
+                continue
+            temp = self._room_temp.get(room)
+            if temp is None or habits.on_temp_c is None or temp < habits.on_temp_c - PRECOOL_MARGIN_C:
+                continue
+            need_kw = sum(u.rated_kw for u in units)
+            if self.controller.lasting_room_kw(now, block) - need_kw < self.controller.policy.restore_margin_kw:
+                return
+            self._precooled[room] = today
+            for u in units:
+                await self._apply(Action(u.id, ActionKind.PRECOOL,
+                                         {"power_on": True, "mode": "cool",
+                                          "setpoint_c": self.ems.precool_setpoint_c},
+                                         f"{room}: pre-cooled before its usual {int(first) // 60:02d}:"
+                                         f"{int(first) % 60:02d} start ({temp:.1f} °C)"))
+            return
 
     # -- each class's AC use -------------------------------------------------------------------------
     def _usage_turn(self, now: float, views: list[UnitView]) -> None:

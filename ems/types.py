@@ -59,7 +59,8 @@ class ActionKind(StrEnum):
     SHED_SETPOINT = "shed_setpoint"   # setpoint raised within policy
     SHED_OFF = "shed_off"             # switched off for demand
     RESTORE = "restore"               # the energy manager lets go: the lower holder's wish returns
-    SWITCH_OFF = "switch_off"         # on in an empty room past the grace time (energy, not demand)
+    SWITCH_OFF = "switch_off"         # on in an empty room past the grace time (energy, not demand): once, not held
+    PRECOOL = "precool"               # switched on before the room's usual start, where the block has room: once
 
 
 @dataclass(frozen=True, slots=True)

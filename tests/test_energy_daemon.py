@@ -3,6 +3,7 @@ teachers' starts through the one way in, sheds written to the ACs and given back
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from edge.core.loader import ConfigError
 from edge.core.timetable import occupied
 from edge.daemon import Daemon
 from edge.energy import EnergyService
+from ems.roommodel import Habits, RoomModels
 from simulator.app import VirtualSchool
 
 FAST = {"period_s": 1.0, "min_on_s": 0.0, "restore_gap_s": 0.0, "stale_after_s": 5.0}
@@ -256,3 +258,36 @@ def test_ems_settings_name_real_units_and_rooms(tmp_path: Path) -> None:
     assert "ems.unit_rated_kw.light-401" in text
     assert "ems.room_priority.999: unknown room '999'" in text
     assert "rooms[0].away.someday" in text
+
+
+async def test_a_room_is_pre_cooled_before_its_teachers_usual_start(school: tuple[dict[str, Any], VirtualSchool],
+                                                                    tmp_path: Path) -> None:
+    base, sim = school
+    cfg = with_contract(base, sim.site_power_w / 1000 * 3)
+    local = datetime.now(ZoneInfo(cfg.site.timezone))
+    minute = local.hour * 60 + local.minute
+    if minute + 5 >= 24 * 60:
+        pytest.skip("the usual start would fall on tomorrow")
+    first: list[float | None] = [None] * 7
+    first[local.weekday()] = float(minute + 5)          # the teachers of 101 usually switch on in 5 minutes
+    habits = Habits(room="101", first_on_min=tuple(first), on_temp_c=28.5, days=10, switch_ons=10)
+    RoomModels(habits={"101": habits}).save(Path(cfg.storage.path) / "models" / "rooms.json")
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        sub = daemon.bus.subscribe("event", name="test")
+        await until(lambda: sim.ac("ac-101a").power_on and sim.ac("ac-101b").power_on, within=20,
+                    what="room 101 pre-cooled")
+        assert sim.ac("ac-101a").setpoint_c == 27.0
+        assert sim.ac("ac-401a").power_on is False          # no habit, no pre-cooling
+        notes: list[dict[str, Any]] = []
+        while not sub.queue.empty():
+            msg = sub.queue.get_nowait()
+            if msg.key == "ems":
+                notes.append(msg.payload)
+        assert {n["action"] for n in notes} == {"precool"}
+        assert "usual" in notes[0]["reason"]
+        # once a day: switched off again, it stays off
+        for ac in ("ac-101a", "ac-101b"):
+            assert (await daemon.control.ask(Ask(ac, {"power_on": False}, Source.TEACHER, "t"))).ok
+        await asyncio.sleep(2.5)
+        assert sim.ac("ac-101a").power_on is False

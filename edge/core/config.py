@@ -203,6 +203,10 @@ class EmsConfig(_M):
         default_factory=dict, description="per unit, where it differs from rated_kw")
     room_priority: dict[Id, int] = Field(default_factory=dict, description="higher: shed later (a health centre)")
     comfort_upper_c: float = Field(28.0, ge=20, le=35)
+    precool_lead_min: float = Field(15.0, ge=0, le=120, description="switch a room's ACs on this long before its"
+                                                                    " teachers usually do, where the block has room"
+                                                                    " (learned habits; 0: never)")
+    precool_setpoint_c: float = Field(27.0, ge=10, le=35)
     stale_after_s: float = Field(15.0, ge=2, le=600, description="meter data older than this: no new starts")
     alarm_raise_s: float = Field(60.0, ge=0, le=3600, description="an alarm's condition holds this long to raise it")
     alarm_clear_s: float = Field(300.0, ge=0, le=3600, description="and is gone this long to clear it")
