@@ -16,6 +16,12 @@ drives the simulated units through an `Actuators` adapter, which also counts eve
 switches a unit on within 180 s of switching it off (`min_off_violations`: the arbiter should keep
 it at 0). The policy's setpoint range is the Ministry's 26-28 °C, widened to the teachers' choices.
 
+KPIs (`ems.bench.kpis`, on traces sampled every step): blocks from the meter's exact energy;
+discomfort over the room air temperature while the class is in; compressor starts as the
+simulated compressors count them (thermostat cycling included); `max_off_min_per_h`: the longest
+time within any hour that a room was "held off": its class in, its teacher having asked for cooling
+(granted or refused since), and not all its units switched on; `requests_granted_ratio`: every
+teacher request (starts, setpoint changes, switch-offs) answered ok / asked (null if none asked).
 The controller's compute time is measured with `time.perf_counter` around `step` and `admit` only;
 `compute_ratio` = that time / the simulated time. Every other KPI depends on the scenario and its
 seed alone: the same inputs give the same JSON, byte for byte, apart from `compute_ratio`.
