@@ -6,8 +6,8 @@ Each control period (`step_s`, 10 s) at simulated time t:
 3. the controller's `step(t, block, units)` runs and its actions go through the daemon's one way in
    (`edge.core.control.Control`) as the daemon's energy manager sends them (edge/energy.py): a shed
    is a request of the energy manager's priority (`Source.EMS`) holding `Action.fields` for at most
-   an hour, RESTORE releases it (the lower holders' wish comes back), SWITCH_OFF is a baseline (it
-   replaces the teacher's wish, once; it is not held);
+   an hour, RESTORE releases it (the lower holders' wish comes back), SWITCH_OFF and PRECOOL are
+   baselines (they replace the teacher's wish, once; they are not held);
 4. the teachers act: every ask goes through the same entry, whose admission hook is the
    controller's `admit`; a granted one is the teacher's request (`Source.TEACHER`, until 18:00);
 5. the school's physics advances to t + step_s.
@@ -258,7 +258,7 @@ class _Bench:
             self.run.actions[kind.value] += 1
             if kind == ActionKind.RESTORE:
                 out = await self.control.release(a.unit, Source.EMS, "ems")
-            elif kind == ActionKind.SWITCH_OFF:
+            elif kind in (ActionKind.SWITCH_OFF, ActionKind.PRECOOL):   # once, not held
                 out = await self.control.baseline(a.unit, dict(a.fields), "ems")
             else:
                 out = await self.control.ask(Ask(a.unit, dict(a.fields), Source.EMS, "ems", hold_s=SHED_HOLD_S))

@@ -9,7 +9,8 @@ back in a hot room, the teacher asks again. While on, the teacher changes the se
 then (`override_per_h`, a Poisson process). When the class leaves for a whole lesson elsewhere (PE,
 music) or at the end of the day, the teacher switches the units off, unless they forget
 (`forget_share`): then the units run on in the empty room, which is what an energy manager's
-`switch_off` is for. Short breaks, lunch and the gap before the afternoon keep the units on.
+`switch_off` is for. Units found on (pre-cooled by the energy manager) are not asked for again, and
+are switched off with the others. Short breaks, lunch and the gap before the afternoon keep the units on.
 
 Every draw comes from a stream of its own (setpoint, reaction, overrides, forgetting, retries), so
 the teachers choose the same setpoints and react as fast whichever controller runs; only the retries
@@ -52,12 +53,14 @@ class _Teacher:
     refused: bool = False                                   # asked since the wish arose and refused for a unit
     next_override: float | None = None
     was_in: bool = False
+    on_now: dict[str, bool] = field(default_factory=dict)   # unit -> the sources below the EMS want it on
 
     def any_on(self) -> bool:
         return any(self.wished.get(u, False) for u in self.units)
 
     def missing(self) -> list[str]:
-        return [u for u in self.units if not self.wished.get(u, False)]
+        """Units to ask for: not asked for and not already on (pre-cooled, say)."""
+        return [u for u in self.units if not self.wished.get(u, False) and not self.on_now.get(u, False)]
 
 
 class Teachers:
@@ -90,8 +93,9 @@ class Teachers:
     async def act(self, now: float, desk: Desk) -> None:
         """Each teacher looks at the class and the room at `now` and acts."""
         for rid, t in self._t.items():
+            t.on_now = {u: desk.wanted_on(u) for u in t.units}
             for u in t.units:   # a wish switched off by someone else (the energy manager's switch-off) is gone
-                if t.wished.get(u) and not desk.wanted_on(u):
+                if t.wished.get(u) and not t.on_now[u]:
                     t.wished[u] = False
             inside = self.school.occupied(rid, now)
             if t.was_in and not inside:
@@ -105,10 +109,11 @@ class Teachers:
         if why is None:
             return
         t.ask_at, t.refused, t.next_override = None, False, None
-        if not t.any_on() or t.streams["forget"].random() < self.model.forget_share:
+        running = [u for u in t.units if t.wished.get(u) or t.on_now.get(u)]   # pre-cooled ones too
+        if not running or t.streams["forget"].random() < self.model.forget_share:
             return
-        for u in t.units:
-            if t.wished.get(u) and await self._ask(desk, u, {"power_on": False}):
+        for u in running:
+            if await self._ask(desk, u, {"power_on": False}):
                 t.wished[u] = False
         if not t.any_on():
             t.setpoint_c = None
