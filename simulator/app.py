@@ -1,16 +1,18 @@
 """The virtual school: physics, one Modbus server per bus of a config, its card readers and its beacons
 (`campus-edge simulate`).
 
-Every `kind: rfid` reader whose `port` is a path gets a socat pty pair like an RTU bus (the daemon
-opens `port`, the school writes the reader's frames to `port.sim`) and taps the day's cards of
-`simulator.cards`. Every `kind: beacon_scanner` whose `adapter` is `udp://...` or `unixgram://...`
-(the daemon's development backend) hears the advertisements of `simulator.beacons`. Devices that
-time things for the gateway, a relay board's pulse and a beacon tag's advertising interval, keep
-the gateway's real seconds at any `speed`.
+`campus-edge simulate` also serves the config's card readers and beacon scanners (`readers=True`;
+in-process tests that drive readers themselves leave it off): every `kind: rfid` reader whose
+`port` is a path gets a socat pty pair like an RTU bus (the daemon opens `port`, the school writes
+the reader's frames to `port.sim`) and taps the day's cards of `simulator.cards`; every `kind:
+beacon_scanner` whose `adapter` is `udp://...` or `unixgram://...` (the daemon's development
+backend) hears the advertisements of `simulator.beacons`. Devices that time things for the
+gateway, a relay board's pulse and a beacon tag's advertising interval, keep the gateway's real
+seconds at any `speed`.
 
 In a test::
 
-    async with VirtualSchool(cfg, speed=60) as school:
+    async with VirtualSchool(cfg, speed=60, readers=True) as school:
         school.set_fault("ac-301a", "silent")
         school.ac("ac-301a").power_on, school.counters.total(bus="ac-bus")
 
@@ -103,11 +105,11 @@ def _dev_scanner(scanner: BeaconScanner) -> bool:
 
 
 class VirtualSchool:
-    """Simulated devices of a config served over Modbus TCP and RTU ptys, card readers on ptys, beacons
-    to dev scanners; an async context manager."""
+    """Simulated devices of a config served over Modbus TCP and RTU ptys (with `readers`: card readers on
+    ptys, beacons to dev scanners); an async context manager."""
 
     def __init__(self, cfg: Config, *, speed: float | None = None, wire_emulation: bool | None = None,
-                 clock: Clock | None = None, tick_s: float = TICK_S) -> None:
+                 clock: Clock | None = None, tick_s: float = TICK_S, readers: bool = False) -> None:
         self.cfg = cfg
         sim = cfg.simulation
         self.clock: Clock = clock or ScaledClock(speed if speed is not None else sim.speed, start_time(cfg))
@@ -123,12 +125,13 @@ class VirtualSchool:
         self.units: dict[str, dict[int, UnitMemory]] = {}
         self.lines: dict[str, Line] = {}
         self._servers: list[LineServer] = []
-        self.readers = {d.id: d for d in cfg.devices if isinstance(d, RfidReader) and "://" not in d.port}
+        self.readers = {d.id: d for d in cfg.devices
+                        if readers and isinstance(d, RfidReader) and "://" not in d.port}
         self.days = Days(roster(cfg, list(self.readers.values())))
         self.taps = TapPlayer(self.days, self.clock.time())
         self.played: deque[Tap] = deque(maxlen=PLAYED_KEPT)
         self.reader_counts: Counter[str] = Counter()
-        self.scanners = {d.id: d for d in cfg.devices if isinstance(d, BeaconScanner) and _dev_scanner(d)}
+        self.scanners = {d.id: d for d in cfg.devices if readers and isinstance(d, BeaconScanner) and _dev_scanner(d)}
         self.streams = {sid: BeaconStream(d, self.days, self.clock.time(), scale=self.scale)
                         for sid, d in self.scanners.items()}
         self.senders: dict[str, BeaconSender] = {}
@@ -298,7 +301,7 @@ async def _stop_server(server: LineServer, bus_id: str) -> None:
 async def serve(cfg: Config, *, speed: float | None = None, wire_emulation: bool | None = None,
                 ready: Callable[[], None] | None = None) -> None:
     """Serve the virtual school until cancelled; `ready` is called once every server listens."""
-    async with VirtualSchool(cfg, speed=speed, wire_emulation=wire_emulation) as school:
+    async with VirtualSchool(cfg, speed=speed, wire_emulation=wire_emulation, readers=True) as school:
         for bus in cfg.buses:
             kind = "tcp" if isinstance(bus, TcpBus) else "rtu"
             units = sorted(school.units[bus.id])

@@ -199,7 +199,7 @@ def _read_all(fd: int) -> bytes:
 async def test_readers_tap_the_days_cards_on_their_ptys(tmp_path: Path) -> None:
     cfg = school_config(tmp_path)
     clock = ManualClock(start=at(TUESDAY, 7, 19))
-    async with VirtualSchool(cfg, clock=clock) as school:
+    async with VirtualSchool(cfg, clock=clock, readers=True) as school:
         assert set(school.readers) == {"gate", "door", "nurse"}             # socket:// readers are not served
         fds = {rid: os.open(r.port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK) for rid, r in school.readers.items()}
         try:
@@ -219,6 +219,17 @@ async def test_readers_tap_the_days_cards_on_their_ptys(tmp_path: Path) -> None:
             school.days.roster, TUESDAY).taps if t.reader == "door"][:3]
         assert school.reader_counts["dropped"] == 0
     assert not _links(tmp_path), "pty links left behind"
+
+
+async def test_without_readers_the_school_leaves_readers_and_scanners_to_others(tmp_path: Path) -> None:
+    cfg = school_config(tmp_path, adapter=f"unixgram://{tmp_path}/ble.sock")
+    clock = ManualClock(start=at(TUESDAY, 7, 19))
+    async with VirtualSchool(cfg, clock=clock) as school:   # as the in-process tests that run their own ptys
+        assert (school.readers, school.scanners) == ({}, {})
+        clock.advance(3600)
+        school.sync()
+        assert not _links(tmp_path)
+        assert not school.played
 
 
 # -- beacons ----------------------------------------------------------------------------------------------
@@ -256,7 +267,7 @@ async def test_the_schools_beacons_make_presence_arrive_through_the_dev_backend(
     cfg = school_config(tmp_path, adapter=adapter)
     clock = ManualClock(start=at(TUESDAY, 7, 19))
     sink = Sink()
-    async with scanning(cfg, sink) as drv, VirtualSchool(cfg, clock=clock) as school:
+    async with scanning(cfg, sink) as drv, VirtualSchool(cfg, clock=clock, readers=True) as school:
         pupil_in = school.days.plan(TUESDAY).on_site["S10101"][0]
         while "S10101" not in sink.arrivals() or "T900" not in sink.arrivals():
             assert clock.time() < at(TUESDAY, 8, 0), sink.events
