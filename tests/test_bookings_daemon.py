@@ -298,7 +298,7 @@ async def test_precool_denied_by_the_energy_manager_leaves_the_ac_and_still_open
 async def test_control_lock_ends_a_pulse_at_once_and_keeps_no_hold(tmp_path: Path) -> None:
     async with running(tmp_path) as s:
         control = s.daemon.control
-        assert (await control.pulse(DOOR, 30, Source.TEACHER, "teacher:T1")).ok
+        assert (await control.pulse(DOOR, 30, Source.FACILITY, "facility:F1")).ok
         assert door_open(s.school)
         out = await control.lock(DOOR, Source.BOOKING, "booking:test")
         assert out.ok, out
