@@ -24,7 +24,7 @@ from edge.core.alarms import AlarmDocumentError, parse_document
 from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import Clock
 from edge.core.config import Config, EmsConfig, ModbusDevice
-from edge.core.control import Ask, Control, Denial, Result, refusal
+from edge.core.control import Ask, Control, Denial, Queued, Result, refusal
 from edge.core.events import EventBus, Message
 from edge.core.model import Kind
 from edge.core.schedule import DAYS
@@ -67,6 +67,7 @@ def policy_of(cfg: Config, ems: EmsConfig) -> EmsPolicy:
     return EmsPolicy(target_share=ems.target_share, min_on_s=ems.min_on_s, max_off_s_per_h=ems.max_off_min_per_h * 60,
                      restore_gap_s=ems.restore_gap_s, empty_grace_s=ems.empty_grace_min * 60,
                      comfort_upper_c=ems.comfort_upper_c, min_off_s=cfg.control.min_off_s,
+                     queue_starts=ems.queue_starts,
                      setpoint_max_c=cfg.control.setpoint_max_c)
 
 
@@ -395,7 +396,8 @@ class EnergyService:
         return Result("ok", "ok", message, "site") if done else refusal("site", "bad_request", message)
 
     # -- admission ------------------------------------------------------------------------------------
-    def admission(self, target: str, kind: Kind, fields: Mapping[str, Any], source: Source) -> str | Denial | None:
+    def admission(self, target: str, kind: Kind, fields: Mapping[str, Any],
+                  source: Source) -> str | Denial | Queued | None:
         if kind != Kind.AC or source >= Source.EMS:
             return None
         dev = next((d for d in self.acs if d.id == target), None)
@@ -407,8 +409,7 @@ class EnergyService:
             return Denial("denied_by_quota", f"room {room} has used its prepaid AC quota"
                                              f" ({self.usage.balance(room) or 0:.1f} kWh left): staff can top it up")
         self._read_meter()
-        d = self.controller.admission(now, self.block(now), self.view(dev, now), fields)
-        return None if d is None else Denial(d.code, d.message, d.retry_after_s)
+        return self.controller.admission(now, self.block(now), self.view(dev, now), fields)
 
     # -- what it shows --------------------------------------------------------------------------------
     def status_fields(self, block: BlockStatus) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from edge.core.control import Denial, Queued
 from ems.types import BLOCK_S, Action, ActionKind, BlockStatus, UnitView
 
 MIN_OFF_MARGIN_S = 30.0   # a shed-off leaves at least the minimum off time plus this within the hourly budget
@@ -57,10 +58,15 @@ class EmsPolicy:
     setpoint_shed_share: float = 0.35    # expected cut of a unit's power when its setpoint goes to the top
     empty_grace_s: float = 600.0         # an AC on in an empty room is switched off after this (0: never)
     stale_retry_s: float = 60.0
+    queue_starts: bool = True            # a start that does not fit waits its turn (else: denied, try again later)
+    queue_hold_s: float = 3600.0         # a queued start's EMS hold expires by itself (the EMS renews by acting)
+    rotate_early_s: float = 20.0         # give a room back this much before its cap (the control period's slack)
 
 
 @dataclass(slots=True)
 class _Unit:
+    rated_kw: float = 0.0
+    queued: bool = False             # held off since its start was asked for (not switched off by a shed)
     shed: ActionKind | None = None
     shed_since: float = 0.0
     expected_cut_kw: float = 0.0
@@ -68,18 +74,6 @@ class _Unit:
     given_back: float = -math.inf
     empty_since: float | None = None
     switched_off_empty: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Denial:
-    """A start refused for demand (or quota): the reason in plain words and when to try again."""
-
-    code: str
-    message: str
-    retry_after_s: float | None = None
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class EmsController:
@@ -91,8 +85,11 @@ class EmsController:
         self.policy = policy or EmsPolicy()
         self.rise_c_per_h = rise_c_per_h
         self._units: dict[str, _Unit] = {}
-        self._pending: list[tuple[float, float]] = []     # (ts, kW): cuts (>0) and grants (<0) not yet on the meter
+        # (ts, kW, unit): cuts (>0) and grants (<0) not yet on the meter
+        self._pending: list[tuple[float, float, str]] = []
         self._last_restore = -math.inf
+        self._flex: dict[str, float] = {}
+        self._room_of: dict[str, str] = {}
         self.compute_s = 0.0
 
     # -- the numbers ------------------------------------------------------------------------------
@@ -106,8 +103,8 @@ class EmsController:
 
     def _in_flight(self, now: float) -> float:
         """kW of recent cuts (+) and grants (-) the meter does not show yet."""
-        self._pending = [(t, kw) for t, kw in self._pending if now - t < self.policy.settle_s]
-        return sum(kw for _t, kw in self._pending)
+        self._pending = [p for p in self._pending if now - p[0] < self.policy.settle_s]
+        return sum(kw for _t, kw, _u in self._pending)
 
     def need_kw(self, now: float, block: BlockStatus) -> float:
         """kW that must come off now for the block to end under the target (negative: room to give back)."""
@@ -126,14 +123,27 @@ class EmsController:
             return 0.0
         return min(self.allow_kw(block), self.target_kw(block)) - (block.power_kw - self._in_flight(now))
 
-    def off_s_last_hour(self, unit_id: str, now: float) -> float:
-        u = self._units.get(unit_id)
-        if u is None:
-            return 0.0
-        u.off_log = [(a, b) for a, b in u.off_log if b > now - 3600.0]
-        done = sum(b - max(a, now - 3600.0) for a, b in u.off_log)
-        running = now - max(u.shed_since, now - 3600.0) if u.shed == ActionKind.SHED_OFF else 0.0
-        return done + running
+    def off_s_last_hour(self, room: str, now: float) -> float:
+        """How long within the last hour any unit of `room` was held off by the EMS (shed or queued).
+
+        A room is off for its class while any of its units is: the cap is the room's, not each unit's
+        (two units shed one after the other are half an hour of a warm room, not two quarters).
+        """
+        start = now - 3600.0
+        spans: list[tuple[float, float]] = []
+        for uid, st in self._units.items():
+            if self._room_of.get(uid) != room:
+                continue
+            st.off_log = [(a, b) for a, b in st.off_log if b > start]
+            spans += [(max(a, start), b) for a, b in st.off_log]
+            if st.shed == ActionKind.SHED_OFF:
+                spans.append((max(st.shed_since, start), now))
+        total, reach = 0.0, start
+        for a, b in sorted(spans):
+            if b > reach:
+                total += b - max(a, reach)
+                reach = b
+        return total
 
     # -- the loop -----------------------------------------------------------------------------------
     def step(self, now: float, block: BlockStatus, units: Sequence[UnitView]) -> list[Action]:
@@ -141,8 +151,15 @@ class EmsController:
         views = {u.id: u for u in units}
         for uid in [k for k in self._units if k not in views]:
             del self._units[uid]
+        self._flex = {u.id: self._unit_kw(u) * self.policy.setpoint_shed_share for u in units
+                      if u.on and u.wanted_on and u.setpoint_c < self.policy.setpoint_max_c
+                      and self._units.get(u.id, _Unit()).shed is None}
+        gone = {u.id for u in units if not u.wanted_on and not u.on}
+        self._pending = [p for p in self._pending if not (p[1] < 0 and p[2] in gone)]   # a grant taken back
         for u in units:
             st = self._units.setdefault(u.id, _Unit())
+            st.rated_kw = u.rated_kw
+            self._room_of[u.id] = u.room
             if st.shed is not None and not u.wanted_on:
                 actions.append(self._give_back(now, u, st, "nobody wants it on any more", cut_back=False))
         actions += self._rotate(now, views)
@@ -157,14 +174,17 @@ class EmsController:
         return actions
 
     def _rotate(self, now: float, views: Mapping[str, UnitView]) -> list[Action]:
-        """Give back every unit that reached its hourly off cap (and is allowed to start)."""
+        """Give back the units of every room that reached its hourly off cap (those allowed to start)."""
         out = []
         cap = self.policy.max_off_s_per_h
+        due: dict[str, bool] = {}
         for uid, st in self._units.items():
             u = views.get(uid)
-            if u is None or st.shed != ActionKind.SHED_OFF:
+            if u is None or st.shed != ActionKind.SHED_OFF or now - st.shed_since < self.policy.min_off_s:
                 continue
-            if self.off_s_last_hour(uid, now) >= cap - 1e-6 and now - st.shed_since >= self.policy.min_off_s:
+            if u.room not in due:
+                due[u.room] = self.off_s_last_hour(u.room, now) >= cap - self.policy.rotate_early_s
+            if due[u.room]:
                 out.append(self._give_back(now, u, st, f"off {cap / 60:.0f} min in the last hour: its turn is over"))
         return out
 
@@ -172,10 +192,11 @@ class EmsController:
         if st.shed == ActionKind.SHED_OFF:
             st.off_log.append((st.shed_since, now))
         if cut_back and st.expected_cut_kw:
-            self._pending.append((now, -st.expected_cut_kw))
+            self._pending.append((now, -st.expected_cut_kw, u.id))
+        queued, st.queued = st.queued, False
         st.shed, st.expected_cut_kw, st.given_back = None, 0.0, now
         self._last_restore = now
-        return Action(u.id, ActionKind.RESTORE, {}, f"{u.room}: restored ({why})")
+        return Action(u.id, ActionKind.RESTORE, {}, f"{u.room}: {'started' if queued else 'restored'} ({why})")
 
     def _headroom_min(self, now: float, u: UnitView) -> float:
         """Minutes until the room reaches the comfort limit with its AC off (bigger: shed it sooner)."""
@@ -190,7 +211,7 @@ class EmsController:
     def _score(self, now: float, u: UnitView) -> tuple[int, int, int, float, str]:
         """Lower: shed first."""
         empty = 0 if u.occupied is False else 1
-        return (u.priority, empty, round(self.off_s_last_hour(u.id, now) / 60.0),
+        return (u.priority, empty, round(self.off_s_last_hour(u.room, now) / 60.0),
                 -self._headroom_min(now, u), u.id)
 
     def _unit_kw(self, u: UnitView) -> float:
@@ -209,7 +230,7 @@ class EmsController:
             if st.shed is None and u.setpoint_c < p.setpoint_max_c and now - st.given_back >= p.min_on_s:
                 cut = self._unit_kw(u) * p.setpoint_shed_share
                 st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_SETPOINT, now, cut
-                self._pending.append((now, cut))
+                self._pending.append((now, cut, u.id))
                 need -= cut
                 out.append(Action(u.id, ActionKind.SHED_SETPOINT, {"setpoint_c": p.setpoint_max_c},
                                   f"{u.room}: setpoint raised to {p.setpoint_max_c:g} °C; {why}"))
@@ -219,11 +240,11 @@ class EmsController:
             st = self._units[u.id]
             if st.shed == ActionKind.SHED_OFF or now - st.given_back < p.min_on_s:
                 continue
-            if self.off_s_last_hour(u.id, now) > p.max_off_s_per_h - p.min_off_s - MIN_OFF_MARGIN_S:
+            if self.off_s_last_hour(u.room, now) > p.max_off_s_per_h - p.min_off_s - MIN_OFF_MARGIN_S:
                 continue   # its hourly budget ends before the compressor may restart: the cap would break
             cut = self._unit_kw(u) - (st.expected_cut_kw if st.shed == ActionKind.SHED_SETPOINT else 0.0)
             st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, self._unit_kw(u)
-            self._pending.append((now, cut))
+            self._pending.append((now, cut, u.id))
             need -= cut
             out.append(Action(u.id, ActionKind.SHED_OFF, {"power_on": False}, f"{u.room}: switched off; {why}"))
         return out
@@ -261,27 +282,46 @@ class EmsController:
 
     # -- admission ------------------------------------------------------------------------------------
     def admit(self, now: float, block: BlockStatus, unit: UnitView, fields: Mapping[str, object]) -> str | None:
-        denial = self.admission(now, block, unit, fields)
-        return None if denial is None else denial.message
+        answer = self.admission(now, block, unit, fields)
+        return None if answer is None else answer.message
 
-    def admission(self, now: float, block: BlockStatus, unit: UnitView, fields: Mapping[str, object]) -> Denial | None:
-        """A lower source's request: None to grant, else why not and when to try again."""
+    def flex_kw(self, now: float) -> float:
+        """kW the running units would give by a setpoint shed that has not been made yet (the cheap reserve)."""
+        return sum(self._flex.values())
+
+    def admission(self, now: float, block: BlockStatus, unit: UnitView,
+                  fields: Mapping[str, object]) -> Denial | Queued | None:
+        """A lower source's request: None to grant; a start that does not fit is queued (its turn comes
+        like a shed unit's) or, with `queue_starts` off, denied with when to try again."""
         starts = fields.get("power_on") is True and not unit.on
         if not starts or unit.shed:
             return None   # no new load (or the EMS holds the unit: the wish is stored and comes back later)
         if block.stale or block.power_kw is None:
             return Denial("denied_by_ems", "the site meter has not been read recently: no new starts until it is",
                           self.policy.stale_retry_s)
-        waiting = sum(self._units[uid].expected_cut_kw for uid in self._units if self._units[uid].shed is not None)
-        room = self.lasting_room_kw(now, block) - waiting
+        waiting = sum(unit_kw for uid, unit_kw in self._waiting_kw().items() if uid != unit.id)
+        room = self.lasting_room_kw(now, block) - waiting + self.flex_kw(now)
         if unit.rated_kw <= room:
-            self._pending.append((now, -unit.rated_kw))
+            self._pending.append((now, -unit.rated_kw, unit.id))
             return None
+        why = (f"starting {unit.id} ({unit.rated_kw:.1f} kW) now would take this 15-minute block over"
+               f" {self.target_kw(block):.0f} kW (projected {block.projected_kw:.0f} kW,"
+               f" contract {block.contract_kw:.0f} kW)")
+        budget = self.policy.max_off_s_per_h - self.off_s_last_hour(unit.room, now)
+        if budget < self.policy.min_off_s + MIN_OFF_MARGIN_S:
+            self._pending.append((now, -unit.rated_kw, unit.id))
+            return None   # the room has been held off its share of the hour: its turn, others are shed instead
+        if self.policy.queue_starts:
+            st = self._units.setdefault(unit.id, _Unit())
+            st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, 0.0
+            st.queued = True
+            return Queued(f"{why}; it starts when the block has room, in turn", self.policy.queue_hold_s)
         retry = BLOCK_S - block.elapsed_s if block.elapsed_s > BLOCK_S / 2 else 120.0
-        return Denial("denied_by_ems",
-                      f"starting {unit.id} ({unit.rated_kw:.1f} kW) would take this 15-minute block over"
-                      f" {self.target_kw(block):.0f} kW (projected {block.projected_kw:.0f} kW,"
-                      f" contract {block.contract_kw:.0f} kW)", retry)
+        return Denial("denied_by_ems", why, retry)
+
+    def _waiting_kw(self) -> dict[str, float]:
+        """Units held off (shed or queued) that come back before any new start: their kW."""
+        return {uid: st.rated_kw for uid, st in self._units.items() if st.shed == ActionKind.SHED_OFF}
 
     # -- what the daemon shows ----------------------------------------------------------------------
     def shed_units(self) -> dict[str, str]:

@@ -56,7 +56,10 @@ async def test_a_start_that_fits_is_granted_and_one_that_does_not_is_denied_with
     base, sim = school
     site_kw = sim.site_power_w / 1000
     # room for one 1.7 kW unit under the target (97 % of the contract), not for two
+    base = {**base}
     cfg = with_contract(base, (site_kw + 2.6) / 0.97)
+    assert cfg.ems is not None
+    cfg = cfg.model_copy(update={"ems": cfg.ems.model_copy(update={"queue_starts": False})})
     async with Daemon(cfg, status_port=0) as daemon:
         await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
         ems = ems_of(daemon)
@@ -273,8 +276,8 @@ async def test_a_room_is_pre_cooled_before_its_teachers_usual_start(school: tupl
     habits = Habits(room="101", first_on_min=tuple(first), on_temp_c=28.5, days=10, switch_ons=10)
     RoomModels(habits={"101": habits}).save(Path(cfg.storage.path) / "models" / "rooms.json")
     async with Daemon(cfg, status_port=0) as daemon:
-        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
         sub = daemon.bus.subscribe("event", name="test")
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
         await until(lambda: sim.ac("ac-101a").power_on and sim.ac("ac-101b").power_on, within=20,
                     what="room 101 pre-cooled")
         assert sim.ac("ac-101a").setpoint_c == 27.0
@@ -291,3 +294,26 @@ async def test_a_room_is_pre_cooled_before_its_teachers_usual_start(school: tupl
             assert (await daemon.control.ask(Ask(ac, {"power_on": False}, Source.TEACHER, "t"))).ok
         await asyncio.sleep(2.5)
         assert sim.ac("ac-101a").power_on is False
+
+
+async def test_a_start_that_does_not_fit_is_queued_and_starts_by_itself_when_there_is_room(
+        school: tuple[dict[str, Any], VirtualSchool]) -> None:
+    base, sim = school
+    site_kw = sim.site_power_w / 1000
+    cfg = with_contract(base, (site_kw + 2.6) / 0.97)
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        ems = ems_of(daemon)
+        await until(lambda: not ems.block().stale, what="the meter read into the block")
+        assert (await daemon.control.ask(Ask("ac-101a", {"power_on": True}, Source.TEACHER, "teacher:T1"))).ok
+        queued = await daemon.control.ask(Ask("ac-101b", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+        assert (queued.status, queued.code) == ("ok", "ok")                     # taken: nobody has to ask again
+        assert queued.message.startswith("queued:")
+        assert queued.overridden_by is not None
+        assert queued.overridden_by.source == Source.EMS                          # ... held back by the EMS
+        assert queued.overridden_by.until is not None
+        assert sim.ac("ac-101b").power_on is False
+        # room again (the first unit's teacher switches it off): the queued one starts by itself
+        assert (await daemon.control.ask(Ask("ac-101a", {"power_on": False}, Source.TEACHER, "teacher:T1"))).ok
+        await until(lambda: sim.ac("ac-101b").power_on, within=20, what="the queued start")
+        assert daemon.status()["holds"].get("ac-101b", [{}])[0].get("source") == "teacher"

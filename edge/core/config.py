@@ -207,6 +207,8 @@ class EmsConfig(_M):
                                                                     " teachers usually do, where the block has room"
                                                                     " (learned habits; 0: never)")
     precool_setpoint_c: float = Field(27.0, ge=10, le=35)
+    queue_starts: bool = Field(True, description="a start that does not fit waits its turn and starts by itself"
+                                                 " (answered ok, held by the EMS); false: denied_by_ems, ask again")
     stale_after_s: float = Field(15.0, ge=2, le=600, description="meter data older than this: no new starts")
     alarm_raise_s: float = Field(60.0, ge=0, le=3600, description="an alarm's condition holds this long to raise it")
     alarm_clear_s: float = Field(300.0, ge=0, le=3600, description="and is gone this long to clear it")

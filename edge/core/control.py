@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -108,6 +108,19 @@ class Denial:
     retry_after_s: float | None = None    # when trying again may succeed
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An admission hook's third answer: take the request, but the energy manager holds the start back.
+
+    The entry stores an EMS hold (`power_on: false`, `hold_s`) before the request, so the request is
+    kept (answered ok, `overridden_by` the EMS, until when) and the unit starts when the EMS lets go:
+    nobody has to ask again, and a queued room takes its turn like a shed one.
+    """
+
+    message: str
+    hold_s: float
+
+
 # -- asks and results ----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Ask:
@@ -160,12 +173,12 @@ def refusal(target: str, code: str, message: str, state: Mapping[str, Any] | Non
                   retry_after_s=retry_after_s)
 
 
-Admission = Callable[[str, Kind, Mapping[str, Any], Source], "str | Denial | None"]
+Admission = Callable[[str, Kind, Mapping[str, Any], Source], "str | Denial | Queued | None"]
 """The energy manager's seat: (target, kind, typed fields, source) -> None to admit, or why not
 (a reason, answered `denied_by_ems`, or a `Denial` with its own code and a retry hint)."""
 
 
-def admit_all(_target: str, _kind: Kind, _fields: Mapping[str, Any], _source: Source) -> str | Denial | None:
+def admit_all(_target: str, _kind: Kind, _fields: Mapping[str, Any], _source: Source) -> str | Denial | Queued | None:
     return None
 
 
@@ -173,10 +186,10 @@ SiteAction = Callable[[Mapping[str, Any], str], Awaitable["Result"]]
 """A site-wide action a service offers (`alarm.ack`, a class's AC quota top-up): (params, requester) -> Result."""
 
 
-def _denied(reason: str | Denial) -> Refused:
+def _denied(reason: str | Denial | Queued) -> Refused:
     if isinstance(reason, Denial):
         return Refused(reason.code, reason.message, reason.retry_after_s)
-    return Refused("denied_by_ems", reason)
+    return Refused("denied_by_ems", reason.message if isinstance(reason, Queued) else reason)
 
 
 @dataclass
@@ -217,7 +230,8 @@ class Control:
         return self.default_until(ask.source, now)
 
     # -- the entry --------------------------------------------------------------------------------
-    def _check(self, target: str, fields: Mapping[str, Any], source: Source) -> tuple[Kind, dict[str, Any]]:
+    def _check(self, target: str, fields: Mapping[str, Any], source: Source,
+               *, may_queue: bool = False) -> tuple[Kind, dict[str, Any], Queued | None]:
         kind = self.kinds.get(target)
         if kind is None:
             raise Refused("unknown_target", f"no device {target!r}")
@@ -225,25 +239,36 @@ class Control:
         if not self.online(target):
             raise Refused("device_offline", f"{target} is offline")
         reason = self.admission(target, kind, typed, source)
+        if isinstance(reason, Queued):
+            if not may_queue:
+                raise Refused("denied_by_ems", reason.message)
+            return kind, typed, reason
         if reason is not None:
             raise _denied(reason)
-        return kind, typed
+        return kind, typed, None
 
     async def ask(self, ask: Ask) -> Result:
         """Validate, admit and submit one request; answer truthfully (see the module docstring)."""
         now = self.clock.time()
         try:
-            _kind, typed = self._check(ask.target, ask.fields, ask.source)
+            _kind, typed, queued = self._check(ask.target, ask.fields, ask.source, may_queue=ask.source < Source.EMS)
             until = self._until(ask, now)
         except Refused as r:
             return refusal(ask.target, r.code, r.message, self._state(ask.target), r.retry_after_s)
+        if queued is not None:
+            log.info("%s: start of %s queued by the energy manager: %s", ask.target, ask.requester, queued.message)
+            await self.arbiter.submit(Request(ask.target, Source.EMS, {"power_on": False}, now + queued.hold_s,
+                                              "ems:queue"))
         out = await self.arbiter.submit(Request(ask.target, ask.source, typed, until, ask.requester))
-        return self._answer(ask.target, typed, out, until)
+        answer = self._answer(ask.target, typed, out, until)
+        if queued is not None and answer.ok:
+            answer = replace(answer, message=f"queued: {queued.message}")
+        return answer
 
     async def baseline(self, target: str, fields: Mapping[str, Any], requester: str) -> Result:
         """Switch once (a schedule without hold): the new default, which anyone may change afterwards."""
         try:
-            _kind, typed = self._check(target, fields, Source.SCHEDULE)
+            _kind, typed, _queued = self._check(target, fields, Source.SCHEDULE)
         except Refused as r:
             return refusal(target, r.code, r.message, self._state(target))
         return self._answer(target, typed, await self.arbiter.set_baseline(target, typed, requester), None)

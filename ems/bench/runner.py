@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo
 from edge.core.arbiter import Arbiter, Source
 from edge.core.clock import ManualClock
 from edge.core.config import ControlConfig
-from edge.core.control import Ask, Control
+from edge.core.control import Ask, Control, Denial, Queued
 from edge.core.driver import ApplyError
 from edge.core.loader import ConfigError
 from edge.core.model import Kind
@@ -191,15 +191,19 @@ class _Bench:
             occupied=self._occ[rid], priority=room.priority, shed=shed)
 
     # -- the one way in ----------------------------------------------------------------------------
-    def _admission(self, target: str, _kind: Kind, fields: Mapping[str, Any], source: Source) -> str | None:
-        """The controller's admission on every source below it, as the daemon's energy manager seats it."""
+    def _admission(self, target: str, _kind: Kind, fields: Mapping[str, Any],
+                   source: Source) -> str | Denial | Queued | None:
+        """The controller's admission on every source below it, as the daemon's energy manager seats it
+        (a controller with a richer `admission` answers with it: a queued start, a retry hint)."""
         if source >= Source.EMS:
             return None
         view = self.view(target)
         t = time.perf_counter()
-        reason = self.controller.admit(self.clock.time(), self.block, view, fields)
+        rich = getattr(self.controller, "admission", None)
+        answer = rich(self.clock.time(), self.block, view, fields) if rich is not None else \
+            self.controller.admit(self.clock.time(), self.block, view, fields)
         self.run.compute_s += time.perf_counter() - t
-        return reason
+        return cast("str | Denial | Queued | None", answer)
 
     async def ask(self, unit: str, fields: Mapping[str, object]) -> bool:
         """A teacher's request from the app (ems.bench.teachers.Desk)."""
