@@ -29,7 +29,7 @@ from edge.core.events import EventBus, Message
 from edge.core.model import Kind
 from edge.core.schedule import DAYS
 from edge.core.store import StorageError, Store
-from edge.core.timetable import occupied
+from edge.core.timetable import back_at, occupied
 from ems.alarms import AlarmEngine, AlarmEvent, AlarmNotRaised
 from ems.blocks import DemandMeter
 from ems.controller import EmsController, EmsPolicy
@@ -196,7 +196,7 @@ class EnergyService:
             on=on, setpoint_c=float(setpoint) if isinstance(setpoint, int | float) else 26.0,
             room_temp_c=st.get("room_temp_c"), wanted_on=bool(wanted.get("power_on", on)),
             wanted_setpoint_c=float(wanted.get("setpoint_c", setpoint if isinstance(setpoint, int | float) else 26.0)),
-            off_since=self._off_since.get(dev.id), occupied=self.occupied(room, now),
+            off_since=self._off_since.get(dev.id), occupied=self.occupied(room, now), back_at=self.back_at(room, now),
             priority=self.ems.room_priority.get(room, 0), shed=dev.id in self.controller.shed_units())
 
     def occupied(self, room: str, now: float) -> bool | None:
@@ -207,6 +207,15 @@ class EnergyService:
         local = datetime.fromtimestamp(now, self.host.tz)
         return occupied(local, self.away.get(room, {}).get(local.weekday(), frozenset()),
                         lunch_in_room=tt.lunch_in_room)
+
+    def back_at(self, room: str, now: float) -> float | None:
+        """When an empty room's class is due back today (timetable), for the controller's pre-cooling."""
+        tt = self.host.cfg.timetable
+        if tt is None:
+            return None
+        local = datetime.fromtimestamp(now, self.host.tz)
+        when = back_at(local, self.away.get(room, {}).get(local.weekday(), frozenset()), lunch_in_room=tt.lunch_in_room)
+        return None if when is None else when.timestamp()
 
     # -- one turn -----------------------------------------------------------------------------------
     async def turn(self, now: float) -> list[Action]:

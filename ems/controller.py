@@ -57,10 +57,13 @@ class EmsPolicy:
     settle_s: float = 60.0               # an action shows on the meter within this
     setpoint_shed_share: float = 0.35    # expected cut of a unit's power when its setpoint goes to the top
     empty_grace_s: float = 600.0         # an AC on in an empty room is switched off after this (0: never)
+    min_empty_s: float = 1800.0          # ... unless its class is back sooner than this (a break, not a PE lesson)
+    return_precool_s: float = 600.0      # ... and switched on again this long before the class is due back
     stale_retry_s: float = 60.0
     queue_starts: bool = True            # a start that does not fit waits its turn (else: denied, try again later)
     queue_hold_s: float = 3600.0         # a queued start's EMS hold expires by itself (the EMS renews by acting)
-    rotate_early_s: float = 20.0         # give a room back this much before its cap (the control period's slack)
+    min_shed_s: float = 0.0              # a shed is not given back for room within this (rotation may)
+    rotate_early_s: float = 60.0         # give a room back this much before its cap (the control period's slack)
 
 
 @dataclass(slots=True)
@@ -74,6 +77,7 @@ class _Unit:
     given_back: float = -math.inf
     empty_since: float | None = None
     switched_off_empty: bool = False
+    resume: dict[str, object] | None = None   # what an empty room's unit is switched on with before its class returns
 
 
 class EmsController:
@@ -258,26 +262,38 @@ class EmsController:
             st, u = self._units[uid], views[uid]
             if st.shed == ActionKind.SHED_OFF and now - st.shed_since < self.policy.min_off_s:
                 continue
+            if not st.queued and now - st.shed_since < self.policy.min_shed_s:
+                continue   # a shed lasts a while: restoring at once would buy a compressor cycle for nothing
             back = u.rated_kw if st.shed == ActionKind.SHED_OFF else st.expected_cut_kw
             if back <= room_kw:
                 return [self._give_back(now, u, st, "the block has room again")]
         return []
 
     def _empty_rooms(self, now: float, units: Sequence[UnitView]) -> list[Action]:
+        """Energy, not demand: an AC on in an empty room is switched off after the grace, unless its class is
+        back too soon for it to pay (`min_empty_s`); one switched off while its class is away (a PE lesson)
+        is switched on again `return_precool_s` before the class is due back, as it was."""
         out = []
-        grace = self.policy.empty_grace_s
+        p = self.policy
         for u in units:
             st = self._units[u.id]
             if u.occupied is not False:
-                st.empty_since, st.switched_off_empty = None, False
+                st.empty_since, st.switched_off_empty, st.resume = None, False, None
                 continue
             if st.empty_since is None:
                 st.empty_since = now
-            if grace > 0 and u.on and u.wanted_on and st.shed is None and not st.switched_off_empty \
-                    and now - st.empty_since >= grace:
+            soon = u.back_at is not None and u.back_at - now < p.min_empty_s
+            if p.empty_grace_s > 0 and u.on and u.wanted_on and st.shed is None and not st.switched_off_empty \
+                    and now - st.empty_since >= p.empty_grace_s and not soon:
                 st.switched_off_empty = True
+                st.resume = {"power_on": True, "setpoint_c": u.wanted_setpoint_c} if u.back_at is not None else None
                 out.append(Action(u.id, ActionKind.SWITCH_OFF, {"power_on": False},
-                                  f"{u.room}: on in an empty room for {grace / 60:.0f} min: switched off"))
+                                  f"{u.room}: on in an empty room for {p.empty_grace_s / 60:.0f} min: switched off"))
+            elif st.resume is not None and u.back_at is not None and u.back_at - now <= p.return_precool_s \
+                    and not u.on and not u.wanted_on:
+                fields, st.resume = st.resume, None
+                out.append(Action(u.id, ActionKind.PRECOOL, fields,
+                                  f"{u.room}: switched on again before its class is back"))
         return out
 
     # -- admission ------------------------------------------------------------------------------------
@@ -313,6 +329,8 @@ class EmsController:
             return None   # the room has been held off its share of the hour: its turn, others are shed instead
         if self.policy.queue_starts:
             st = self._units.setdefault(unit.id, _Unit())
+            st.rated_kw = unit.rated_kw
+            self._room_of[unit.id] = unit.room
             st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, 0.0
             st.queued = True
             return Queued(f"{why}; it starts when the block has room, in turn", self.policy.queue_hold_s)

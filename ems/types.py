@@ -53,6 +53,7 @@ class UnitView:
     occupied: bool | None = None    # timetable or presence says the class is in; None = unknown
     priority: int = 0               # higher: shed later (a health centre, a room with a sick child)
     shed: bool = False              # the energy manager holds it now
+    back_at: float | None = None    # an empty room: when its class is due back today (None: not today / unknown)
 
 
 class ActionKind(StrEnum):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from edge.core.arbiter import Arbiter, Request, Source
 from edge.core.clock import ManualClock
+from edge.core.control import Denial, Queued
 from ems.blocks import DemandMeter
 from ems.controller import EmsController, EmsPolicy
 from ems.types import BLOCK_S, ActionKind, BlockStatus, UnitView
@@ -271,3 +272,79 @@ async def test_property_min_off_and_hourly_cap_hold_for_any_plant(n: int, base: 
             if later:
                 assert later[0] - stop >= 180.0
         assert _off_within(u, T0, T0 + 1800, end=plant.clock.time()) <= 900.0 + 10.0
+
+
+# -- queued starts, the room's cap, empty rooms with their class due back ------------------------------
+def view(uid: str, room: str, **kw: Any) -> UnitView:
+    base: dict[str, Any] = {"id": uid, "room": room, "floor": 1, "rated_kw": RATED_KW, "power_kw": 0.0, "on": False,
+                            "setpoint_c": 26.0, "room_temp_c": 27.0, "wanted_on": False, "wanted_setpoint_c": 26.0,
+                            "off_since": None, "occupied": True}
+    return UnitView(**{**base, **kw})
+
+
+def block(power_kw: float, contract_kw: float = 50.0, elapsed_s: float = 0.0) -> BlockStatus:
+    e = power_kw * elapsed_s / 3600
+    return BlockStatus(start=T0, elapsed_s=elapsed_s, energy_kwh=e, avg_kw=power_kw, projected_kw=power_kw,
+                       allow_kw=contract_kw, power_kw=power_kw, contract_kw=contract_kw, stale=False)
+
+
+def test_a_start_that_does_not_fit_is_queued_and_its_turn_comes_when_the_cap_is_reached() -> None:
+    ctl = EmsController()
+    # 47.5 kW of a 48.5 kW target: no room for 2 kW, no running unit to raise
+    answer = ctl.admission(T0, block(47.5), view("ac-1", "r1"), {"power_on": True})
+    assert isinstance(answer, Queued)
+    assert "in turn" in answer.message
+    assert ctl.shed_units() == {"ac-1": "shed_off"}
+    # with the queue off, the same start is denied with a retry hint
+    denied = EmsController(EmsPolicy(queue_starts=False)).admission(T0, block(47.5), view("ac-1", "r1"),
+                                                                     {"power_on": True})
+    assert isinstance(denied, Denial)
+    assert denied.code == "denied_by_ems"
+    assert denied.retry_after_s is not None
+    # still no room, but the room reaches its hourly cap: the queued unit starts, in turn
+    waiting = view("ac-1", "r1", wanted_on=True, shed=True)
+    acts = ctl.step(T0 + 900 - 59, block(47.5), [waiting])
+    assert [(a.unit, a.kind) for a in acts] == [("ac-1", ActionKind.RESTORE)]
+    assert "its turn" in acts[0].reason
+
+
+def test_a_start_fits_when_raising_running_setpoints_makes_the_room() -> None:
+    ctl = EmsController()
+    running = [view(f"ac-r{i}", f"r{i}", on=True, wanted_on=True, power_kw=2.0) for i in range(10)]
+    ctl.step(T0, block(47.5), running)   # 10 units at 26 °C: 10 x 2 kW x 0.35 of reserve
+    assert ctl.admission(T0, block(47.5), view("ac-new", "rn"), {"power_on": True}) is None
+
+
+def test_the_hourly_cap_is_the_rooms_not_each_units() -> None:
+    ctl = EmsController()
+    a = view("ac-a", "r1", on=False, wanted_on=True, shed=True)
+    b = view("ac-b", "r1", on=False, wanted_on=True, shed=True)
+    ctl.admission(T0, block(49.0), view("ac-a", "r1"), {"power_on": True})            # queued at T0
+    ctl.admission(T0 + 600, block(49.0), view("ac-b", "r1"), {"power_on": True})      # queued 10 min later
+    assert ctl.off_s_last_hour("r1", T0 + 600) == 600          # one room off for 10 min, not 10 + 0
+    acts = ctl.step(T0 + 900 - 59, block(49.0), [a, b])
+    assert {x.unit for x in acts if x.kind == ActionKind.RESTORE} == {"ac-a", "ac-b"}   # the whole room
+
+
+def test_an_empty_room_is_switched_off_only_when_its_class_is_away_long_and_on_again_before_it_returns() -> None:
+    ctl = EmsController()
+    back = T0 + 2400                      # a 40-minute PE lesson
+    on = view("ac-1", "r1", on=True, wanted_on=True, power_kw=1.5, occupied=False, back_at=back)
+    assert ctl.step(T0, block(10.0), [on]) == []
+    acts = ctl.step(T0 + 600, block(10.0), [on])
+    assert [(x.kind, x.fields) for x in acts] == [(ActionKind.SWITCH_OFF, {"power_on": False})]
+    off = view("ac-1", "r1", on=False, wanted_on=False, occupied=False, back_at=back)
+    assert ctl.step(back - 601, block(10.0), [off]) == []
+    acts = ctl.step(back - 600, block(10.0), [off])
+    assert [(x.kind, x.fields) for x in acts] == [(ActionKind.PRECOOL, {"power_on": True, "setpoint_c": 26.0})]
+    # a break: the class is back in 10 minutes, the unit stays on
+    ctl2 = EmsController()
+    brief = view("ac-2", "r2", on=True, wanted_on=True, power_kw=1.5, occupied=False, back_at=T0 + 1200)
+    ctl2.step(T0, block(10.0), [brief])
+    assert ctl2.step(T0 + 600, block(10.0), [brief]) == []
+    # the day is over (not back today): switched off and left off
+    ctl3 = EmsController()
+    home = view("ac-3", "r3", on=True, wanted_on=True, power_kw=1.5, occupied=False, back_at=None)
+    ctl3.step(T0, block(10.0), [home])
+    assert [x.kind for x in ctl3.step(T0 + 600, block(10.0), [home])] == [ActionKind.SWITCH_OFF]
+    assert ctl3.step(T0 + 9000, block(10.0), [view("ac-3", "r3", occupied=False)]) == []

@@ -70,6 +70,20 @@ def lesson_number(slot: Slot) -> int | None:
     return int(slot.name.split()[-1]) if slot.lesson else None
 
 
+def back_at(local: datetime, away: frozenset[int] = frozenset(), *, lunch_in_room: bool = True) -> datetime | None:
+    """When the class is next (mostly) in its room today, from `local` on; None if not again today."""
+    if local.weekday() not in SCHOOL_DAYS:
+        return None
+    minute = local.hour * 60 + local.minute
+    for slot in ELEMENTARY_DAY:
+        if slot.start_min <= minute:
+            continue
+        start = local.replace(hour=slot.start_min // 60, minute=slot.start_min % 60, second=0, microsecond=0)
+        if occupied(start, away, lunch_in_room=lunch_in_room):
+            return start
+    return None
+
+
 def occupied(local: datetime, away: frozenset[int] = frozenset(), *, lunch_in_room: bool = True) -> bool:
     """True while the class is (mostly) in the room: not out of school hours, not at a lesson it spends
     elsewhere (`away`: PE, music), not at lunch where the school eats elsewhere."""

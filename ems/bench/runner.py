@@ -188,7 +188,8 @@ class _Bench:
             wanted_on=bool(unit.power_on if wanted_on is None else wanted_on),
             wanted_setpoint_c=float(unit.setpoint_c if wanted_sp is None else wanted_sp),
             off_since=None if unit.power_on else self.act.off_at.get(uid),
-            occupied=self._occ[rid], priority=room.priority, shed=shed)
+            occupied=self._occ[rid], priority=room.priority, shed=shed,
+            back_at=None if self._occ[rid] else self.school.back_at(rid, self.clock.time()))
 
     # -- the one way in ----------------------------------------------------------------------------
     def _admission(self, target: str, _kind: Kind, fields: Mapping[str, Any],

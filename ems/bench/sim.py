@@ -158,6 +158,18 @@ class BenchSchool:
         """The class is (mostly) in the room at `t`."""
         return self.occupancy(t)[room]
 
+    def back_at(self, room: str, t: float) -> float | None:
+        """When the class of an empty room is (mostly) back today, from the timetable; None if not today."""
+        local = self.local(t)
+        if local.weekday() not in SCHOOL_DAYS:
+            return None
+        minute = local.hour * 60 + local.minute
+        midnight = t - (local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6)
+        for j, s in enumerate(self.day):
+            if s.start_min > minute and self._present(room, local, j) >= 0.5:
+                return midnight + s.start_min * 60
+        return None
+
     def leaving_for(self, room: str, t: float) -> str | None:
         """Why a class that just left is out at `t`: "away" (a lesson elsewhere), "home" (the day is over), or None."""
         local = self.local(t)
