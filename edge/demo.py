@@ -63,6 +63,14 @@ BOOKED_ROOM = "library"
 BOOKING_IN_SIM_S = 900.0    # it starts 15 simulated minutes after the app books it
 BOOKING_LEAD_SIM_S = 600.0  # its doors open 10 simulated minutes before (the demo's bookings.lead_s)
 BOOKING_SIM_S = 1200.0      # and it lasts 20 simulated minutes
+# The morning rush: teachers of these many classrooms switch their ACs on as the classes come in, from
+# RUSH_SIM_S after the start, and the demo's contract is set so that the rush binds (the energy manager
+# queues starts, raises setpoints, and the view shows it).
+RUSH_ROOMS = 24
+RUSH_SIM_S = 900.0          # 07:33 simulated
+RUSH_SPREAD_SIM_S = 600.0   # the teachers' commands spread over 10 simulated minutes
+RUSH_PARALLEL = 4           # ctl processes at a time
+DEMO_CONTRACT_KW = 90.0     # the example school's base load is ~45 kW in the morning; 48 units are ~80 kW more
 
 _Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None  # what signal.getsignal returns
 
@@ -213,6 +221,8 @@ def _demo_site(cfg_path: Path, workdir: Path, broker_port: int, speed: float) ->
         tz = ZoneInfo(data.get("site", {}).get("timezone", "Asia/Taipei"))
         sim["start"] = school_morning(tz, time.time()).isoformat()
     data.setdefault("bookings", {})["lead_s"] = round(BOOKING_LEAD_SIM_S / speed, 1)
+    if data.get("ems"):
+        data["ems"]["contract_kw"] = DEMO_CONTRACT_KW
     site = workdir / "site.yaml"
     site.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return site, priv
@@ -393,6 +403,38 @@ class App:
                                     json.dumps(params, ensure_ascii=False), "--as", "facility:F001")
             self.say(f"app: booked {booked} {iso(start, self.tz)[11:19]}-{iso(end, self.tz)[11:19]} (doors open"
                      f" {self.cfg.bookings.lead_s:g} s before) -> {_outcome(result)}")
+        await self.rush()
+
+    async def rush(self) -> None:
+        """Facility staff set the overload alarms; then the classes come in and their teachers switch on."""
+        ems = self.cfg.ems
+        if ems is None:
+            return
+        levels = [{"level": "warning", "demand_kw": round(ems.contract_kw * 0.95, 1)},
+                  {"level": "critical", "demand_kw": ems.contract_kw}]
+        result = await self.ctl("send", "--action", "alarm.set", "--target", "site", "--params",
+                                json.dumps({"levels": levels}), "--as", "facility:F001")
+        self.say(f"app: overload alarms at {levels[0]['demand_kw']:g} and {levels[1]['demand_kw']:g} kW"
+                 f" -> {_outcome(result)}")
+        rooms = [r.id for r in self.cfg.rooms if any(d.kind == Kind.AC and getattr(d, "room", None) == r.id
+                                                     for d in self.cfg.devices)][:RUSH_ROOMS]
+        await asyncio.sleep(RUSH_SIM_S / self.speed)
+        gate = asyncio.Semaphore(RUSH_PARALLEL)
+        outcomes: dict[str, int] = {}
+
+        async def teacher(i: int, room: str) -> None:
+            await asyncio.sleep(i * RUSH_SPREAD_SIM_S / len(rooms) / self.speed)
+            async with gate:
+                result = await self.ctl("ac", room, "--on", "--setpoint", "26", "--as", f"teacher:T{room}",
+                                        "--rooms", room)
+            word = _outcome(result).split(" ")[0]
+            if isinstance(result, dict) and "queued" in str(result.get("message", "")):
+                word = "queued"
+            outcomes[word] = outcomes.get(word, 0) + 1
+
+        await asyncio.gather(*(teacher(i, room) for i, room in enumerate(rooms)))
+        summary = ", ".join(f"{n} {w}" for w, n in sorted(outcomes.items()))
+        self.say(f"app: morning rush: {len(rooms)} teachers switched their classrooms' ACs on -> {summary}")
 
     async def ctl(self, *args: str) -> dict[str, Any] | str:
         """`campus-edge ctl ...` signed with the demo's key: the result, or why there is none."""

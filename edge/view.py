@@ -72,8 +72,36 @@ def render_status(body: dict[str, Any], cfg: Config | None) -> str:
                              + (f"   contract {cfg.ems.contract_kw:.0f} kW" if cfg.ems else ""))
             else:
                 lines.append(f"site power ({d.id}): meter offline")
+    lines += render_ems(body.get("ems"), body.get("holds", {}))
     lines += render_channels(devices, cfg) + render_bookings(body.get("bookings")) + render_access(body.get("access"))
     return "\n".join(lines)
+
+
+def render_ems(st: Mapping[str, Any] | None, holds: Mapping[str, Any]) -> list[str]:
+    """The energy manager: this 15-minute block against the contract, the rooms it holds, raised alarms."""
+    if not st:
+        return []
+    if st.get("stale"):
+        head = "demand: the meter has not been read recently (no new starts until it is)"
+    else:
+        over = st.get("projected_kw", 0) > st.get("contract_kw", 0)
+        head = (f"demand: block {_hhmm(st.get('block_start'))} average {st.get('block_avg_kw', 0):6.1f} kW,"
+                f" projected {st.get('projected_kw', 0):6.1f} kW {'OVER' if over else 'of'}"
+                f" contract {st.get('contract_kw', 0):.0f} kW"
+                + (f"   highest block {st['peak_kw']:.1f} kW" if st.get("peak_kw") else ""))
+    lines = [head]
+    shed = st.get("shed") or {}
+    if shed:
+        words = {"shed_setpoint": "setpoint raised", "shed_off": "held off"}
+        queued = {d for d, hs in holds.items() for h in hs if h.get("by") == "ems:queue"}
+        cells = [f"{d} {'queued' if d in queued else words.get(k, k)}" for d, k in sorted(shed.items())]
+        more = f" (+{len(cells) - 8} more)" if len(cells) > 8 else ""
+        lines.append("  energy manager: " + ", ".join(cells[:8]) + more)
+    for a in st.get("alarms") or []:
+        ack = f", acknowledged by {a['by']}" if a.get("by") else ""
+        lines.append(f"  ALARM {a.get('level', '?')}: {a.get('metric')} {a.get('value') or 0:.1f}"
+                     f" (limit {a.get('threshold') or 0:.1f}){ack}")
+    return lines
 
 
 def channel_word(ch: RelayChannel, st: Mapping[str, Any] | None) -> str:

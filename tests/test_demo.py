@@ -27,7 +27,16 @@ from edge.demo import (
     booked_room,
     school_morning,
 )
-from edge.view import Activity, Person, render_access, render_activity, render_bookings, render_channels, render_status
+from edge.view import (
+    Activity,
+    Person,
+    render_access,
+    render_activity,
+    render_bookings,
+    render_channels,
+    render_ems,
+    render_status,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example-school.yaml"
 TZ = ZoneInfo("Asia/Taipei")
@@ -211,3 +220,19 @@ def test_a_short_demo_shows_doors_cards_check_in_and_a_booking(tmp_path: Path) -
     assert "simulated school day:" in text
     assert not _strays(str(tmp_path)), "left running"
     assert not list(tmp_path.glob("campus-edge-demo-*")), "the demo's work directory is left behind"
+
+
+def test_the_energy_manager_shows_the_block_the_rooms_it_holds_and_raised_alarms() -> None:
+    st = {"block_avg_kw": 84.2, "projected_kw": 93.5, "allow_kw": 80.0, "contract_kw": 90.0, "stale": False,
+          "block_start": "2026-06-16T08:00:00+08:00", "peak_kw": 88.1,
+          "shed": {"ac-201a": "shed_off", "ac-102b": "shed_setpoint", "ac-301a": "shed_off"},
+          "alarms": [{"level": "warning", "metric": "projected_kw", "value": 93.5, "threshold": 85.5,
+                      "by": "facility:F001"}]}
+    holds = {"ac-201a": [{"source": "ems", "by": "ems:queue"}], "ac-301a": [{"source": "ems", "by": "ems"}]}
+    lines = render_ems(st, holds)
+    assert lines[0].startswith("demand: block 08:00:00 average   84.2 kW, projected   93.5 kW OVER contract 90 kW")
+    assert "highest block 88.1 kW" in lines[0]
+    assert lines[1] == "  energy manager: ac-102b setpoint raised, ac-201a queued, ac-301a held off"
+    assert lines[2] == "  ALARM warning: projected_kw 93.5 (limit 85.5), acknowledged by facility:F001"
+    assert render_ems({**st, "stale": True}, {})[0].startswith("demand: the meter has not been read recently")
+    assert render_ems(None, {}) == []
