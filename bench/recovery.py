@@ -1,4 +1,5 @@
-"""Time from SIGKILL to control again, with the example school (88 devices, TCP and RTU ptys).
+"""Time from SIGKILL to control again, with the example school (88 Modbus devices on TCP and RTU
+ptys, three card readers and a beacon scanner).
 
 Each round: the daemon runs (systemd's notify protocol over a datagram socket of ours, as under
 `Type=notify`), is SIGKILLed, and is started again at once (what `Restart=on-failure` does, minus

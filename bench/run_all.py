@@ -30,6 +30,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {  # name: (full args, --quick
     "outbox_cap": ([], ["--events", "20000"]),
     "rfid_bench": ([], ["--taps", "60"]),
     "beacon_bench": ([], ["--seconds", "10", "--burst", "50000"]),
+    "rss_readers": ([], ["--window", "10", "--warmup", "5"]),
+    "ems_bench": ([], ["--scenarios", "hot-day-20,hard-40"]),
 }  # telemetry_bench needs a python with influxdb-client (--influx-python): run it by hand
 
 
