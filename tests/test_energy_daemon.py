@@ -26,7 +26,9 @@ from edge.core.loader import ConfigError
 from edge.core.timetable import occupied
 from edge.daemon import Daemon
 from edge.energy import EnergyService
+from ems.alarms import AlarmEvent
 from ems.roommodel import Habits, RoomModels
+from ems.usage import DayUsage
 from simulator.app import VirtualSchool
 
 FAST = {"period_s": 1.0, "min_on_s": 0.0, "restore_gap_s": 0.0, "stale_after_s": 5.0}
@@ -317,3 +319,26 @@ async def test_a_start_that_does_not_fit_is_queued_and_starts_by_itself_when_the
         assert (await daemon.control.ask(Ask("ac-101a", {"power_on": False}, Source.TEACHER, "teacher:T1"))).ok
         await until(lambda: sim.ac("ac-101b").power_on, within=20, what="the queued start")
         assert daemon.status()["holds"].get("ac-101b", [{}])[0].get("source") == "teacher"
+
+
+def test_the_energy_managers_events_match_the_published_contract() -> None:
+    """The bodies edge.energy sends, as the daemon frames them, against docs/asyncapi.yaml."""
+    from test_cloud_e2e import asyncapi_validator  # the published contract
+
+    base = {"id": "x1", "ts": "2026-06-16T08:00:00+08:00"}
+    alarm = AlarmEvent("a1", "warning", "raised", "demand", "projected_kw", 93.5, 85.5, 0.0).as_event()
+    day = DayUsage("101", datetime(2026, 6, 16).date(), 12.5, 6.0).as_event()
+    cases = {
+        "AlarmEvent": {**base, "kind": "alarm", **alarm},
+        "EmsEvent": {**base, "kind": "ems", "action": "shed_off", "device": "ac-101a", "reason": "101: switched off",
+                     "fields": {"power_on": False}, "result": "ok"},
+        "UsageEvent": {**base, "kind": "usage", **day},
+        "QuotaEvent": {**base, "kind": "quota", "room": "101", "top_up_kwh": 5, "balance_kwh": 5.0,
+                       "by": "facility:F1"},
+        "EmsState": {"online": True, "block_avg_kw": 1.0, "projected_kw": 2.0, "allow_kw": 3.0, "contract_kw": 4.0,
+                     "shed_units": 0, "stale": False},
+    }
+    for schema, body in cases.items():
+        assert [e.message for e in asyncapi_validator(schema).iter_errors(body)] == [], schema
+    wrong = {**cases["EmsEvent"], "action": "shed"}
+    assert list(asyncapi_validator("EmsEvent").iter_errors(wrong))
