@@ -30,6 +30,7 @@ Each step, with C the contract, T the block, tau the time into it and E_tau its 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from edge.core.control import Denial, Queued
 from ems.types import BLOCK_S, Action, ActionKind, BlockStatus, UnitView
 
 MIN_OFF_MARGIN_S = 30.0   # a shed-off leaves at least the minimum off time plus this within the hourly budget
+
+log = logging.getLogger(__name__)
 
 RiseFn = Callable[[str, float], float | None]   # (room, now) -> °C per hour with the AC off, None if unknown
 
@@ -70,6 +73,7 @@ class EmsPolicy:
 class _Unit:
     rated_kw: float = 0.0
     queued: bool = False             # held off since its start was asked for (not switched off by a shed)
+    tentative: bool = False          # queued by the admission; confirmed at the next step if the entry took it
     shed: ActionKind | None = None
     shed_since: float = 0.0
     expected_cut_kw: float = 0.0
@@ -127,6 +131,14 @@ class EmsController:
             return 0.0
         return min(self.allow_kw(block), self.target_kw(block)) - (block.power_kw - self._in_flight(now))
 
+    def contract_room_kw(self, now: float, block: BlockStatus) -> float:
+        """Like `lasting_room_kw`, against the contract itself rather than the target (the turns' limit)."""
+        if block.power_kw is None:
+            return 0.0
+        left = max(BLOCK_S - block.elapsed_s, 1.0)
+        allow = (block.contract_kw * BLOCK_S / 3600.0 - block.energy_kwh) * 3600.0 / left
+        return min(allow, block.contract_kw) - (block.power_kw - self._in_flight(now))
+
     def off_s_last_hour(self, room: str, now: float) -> float:
         """How long within the last hour any unit of `room` was held off by the EMS (shed or queued).
 
@@ -164,9 +176,14 @@ class EmsController:
             st = self._units.setdefault(u.id, _Unit())
             st.rated_kw = u.rated_kw
             self._room_of[u.id] = u.room
+            if st.tentative:   # a queue the entry did not take (a one-shot switch cannot queue) is let go
+                st.tentative = False
+                if u.on or not u.wanted_on:
+                    actions.append(self._give_back(now, u, st, "nobody waits for it", cut_back=False))
+                    continue
             if st.shed is not None and not u.wanted_on:
                 actions.append(self._give_back(now, u, st, "nobody wants it on any more", cut_back=False))
-        actions += self._rotate(now, views)
+        actions += self._rotate(now, block, units, views)
         if not block.stale and block.power_kw is not None:
             need = self.need_kw(now, block)
             room = self.lasting_room_kw(now, block)
@@ -177,26 +194,54 @@ class EmsController:
         actions += self._empty_rooms(now, units)
         return actions
 
-    def _rotate(self, now: float, views: Mapping[str, UnitView]) -> list[Action]:
-        """Give back the units of every room that reached its hourly off cap (those allowed to start)."""
-        out = []
+    def _rotate(self, now: float, block: BlockStatus, units: Sequence[UnitView],
+                views: Mapping[str, UnitView]) -> list[Action]:
+        """Give back the units of every room that reached its hourly off cap (those allowed to start), when
+        the block can take them or other rooms can take their turn; otherwise the contract comes first and
+        the room waits (said in the log)."""
+        out: list[Action] = []
         cap = self.policy.max_off_s_per_h
-        due: dict[str, bool] = {}
+        due: dict[str, list[tuple[UnitView, _Unit]]] = {}
         for uid, st in self._units.items():
             u = views.get(uid)
             if u is None or st.shed != ActionKind.SHED_OFF or now - st.shed_since < self.policy.min_off_s:
                 continue
-            if u.room not in due:
-                due[u.room] = self.off_s_last_hour(u.room, now) >= cap - self.policy.rotate_early_s
-            if due[u.room]:
-                out.append(self._give_back(now, u, st, f"off {cap / 60:.0f} min in the last hour: its turn is over"))
+            if self.off_s_last_hour(u.room, now) >= cap - self.policy.rotate_early_s:
+                due.setdefault(u.room, []).append((u, st))
+        if not due:
+            return out
+        spare = self.contract_room_kw(now, block) + self._sheddable_kw(now, units, set(due)) \
+            if not block.stale and block.power_kw is not None else math.inf
+        for room, members in sorted(due.items()):
+            back = sum(u.rated_kw for u, _st in members)
+            if back > spare:
+                log.info("ems: %s has been off its share of the hour, but no other room can take its turn now", room)
+                continue
+            spare -= back
+            out += [self._give_back(now, u, st, f"off {cap / 60:.0f} min in the last hour: its turn is over")
+                    for u, st in members]
         return out
+
+    def _sheddable_kw(self, now: float, units: Sequence[UnitView], rooms_out: set[str]) -> float:
+        """kW that the next shed could still take off other rooms (units on, past min_on, budget left)."""
+        p = self.policy
+        total = 0.0
+        for u in units:
+            st = self._units.get(u.id)
+            if st is None or u.room in rooms_out or not (u.on and u.wanted_on) or st.shed == ActionKind.SHED_OFF:
+                continue
+            if now - st.given_back < p.min_on_s or \
+                    self.off_s_last_hour(u.room, now) > p.max_off_s_per_h - p.min_off_s - MIN_OFF_MARGIN_S:
+                continue
+            total += self._unit_kw(u) - (st.expected_cut_kw if st.shed == ActionKind.SHED_SETPOINT else 0.0)
+        return total
 
     def _give_back(self, now: float, u: UnitView, st: _Unit, why: str, *, cut_back: bool = True) -> Action:
         if st.shed == ActionKind.SHED_OFF:
             st.off_log.append((st.shed_since, now))
-        if cut_back and st.expected_cut_kw:
-            self._pending.append((now, -st.expected_cut_kw, u.id))
+        back = max(st.expected_cut_kw, st.rated_kw if st.queued else 0.0)
+        if cut_back and back:
+            self._pending.append((now, -back, u.id))
         queued, st.queued = st.queued, False
         st.shed, st.expected_cut_kw, st.given_back = None, 0.0, now
         self._last_restore = now
@@ -246,12 +291,27 @@ class EmsController:
                 continue
             if self.off_s_last_hour(u.room, now) > p.max_off_s_per_h - p.min_off_s - MIN_OFF_MARGIN_S:
                 continue   # its hourly budget ends before the compressor may restart: the cap would break
-            cut = self._unit_kw(u) - (st.expected_cut_kw if st.shed == ActionKind.SHED_SETPOINT else 0.0)
-            st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, self._unit_kw(u)
-            self._pending.append((now, cut, u.id))
-            need -= cut
+            need -= self._switch_off(now, u, st)
             out.append(Action(u.id, ActionKind.SHED_OFF, {"power_on": False}, f"{u.room}: switched off; {why}"))
+        if need > 0 and block.projected_kw > block.contract_kw:
+            # the block would end over the contract itself: money first, the rooms' turns and min_on after
+            for u in order:
+                if need <= 0:
+                    break
+                st = self._units[u.id]
+                if st.shed == ActionKind.SHED_OFF:
+                    continue
+                need -= self._switch_off(now, u, st)
+                out.append(Action(u.id, ActionKind.SHED_OFF, {"power_on": False},
+                                  f"{u.room}: switched off to keep the block under the contract; {why}"))
         return out
+
+    def _switch_off(self, now: float, u: UnitView, st: _Unit) -> float:
+        """Mark `u` held off; the kW it is expected to take off the meter."""
+        cut = self._unit_kw(u) - (st.expected_cut_kw if st.shed == ActionKind.SHED_SETPOINT else 0.0)
+        st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, self._unit_kw(u)
+        self._pending.append((now, cut, u.id))
+        return cut
 
     def _restore(self, now: float, room_kw: float, views: Mapping[str, UnitView]) -> list[Action]:
         if now - self._last_restore < self.policy.restore_gap_s:
@@ -332,7 +392,7 @@ class EmsController:
             st.rated_kw = unit.rated_kw
             self._room_of[unit.id] = unit.room
             st.shed, st.shed_since, st.expected_cut_kw = ActionKind.SHED_OFF, now, 0.0
-            st.queued = True
+            st.queued = st.tentative = True
             return Queued(f"{why}; it starts when the block has room, in turn", self.policy.queue_hold_s)
         retry = BLOCK_S - block.elapsed_s if block.elapsed_s > BLOCK_S / 2 else 120.0
         return Denial("denied_by_ems", why, retry)

@@ -253,3 +253,15 @@ async def test_a_teachers_pulse_is_capped_lower_than_staffs() -> None:
 def test_a_teachers_cap_above_staffs_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="teacher_max_unlock_s is above max_unlock_s"):
         ControlConfig(max_unlock_s=30, teacher_max_unlock_s=60)
+
+
+async def test_a_person_changing_their_own_request_keeps_what_they_did_not_change() -> None:
+    ctl, _unit, _clock, _seen = entry()
+    assert (await ctl.ask(Ask("ac-1", {"power_on": True, "setpoint_c": 26}, Source.TEACHER, "teacher:T1"))).ok
+    assert (await ctl.ask(Ask("ac-1", {"setpoint_c": 27}, Source.TEACHER, "teacher:T1"))).ok
+    (mine,) = ctl.arbiter.requests("ac-1")
+    assert dict(mine.fields) == {"power_on": True, "setpoint_c": 27}     # still wants it on
+    # another teacher's request replaces it (one request per source): theirs only
+    assert (await ctl.ask(Ask("ac-1", {"setpoint_c": 28}, Source.TEACHER, "teacher:T2"))).ok
+    (theirs,) = ctl.arbiter.requests("ac-1")
+    assert (theirs.requester, dict(theirs.fields)) == ("teacher:T2", {"setpoint_c": 28})

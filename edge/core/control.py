@@ -255,6 +255,11 @@ class Control:
             until = self._until(ask, now)
         except Refused as r:
             return refusal(ask.target, r.code, r.message, self._state(ask.target), r.retry_after_s)
+        mine = next((r for r in self.arbiter.requests(ask.target)
+                     if r.source == ask.source and r.requester == ask.requester
+                     and (r.expires is None or r.expires > now)), None)
+        if mine is not None:   # the same person changes their own request: a new setpoint keeps their "on"
+            typed = {**mine.fields, **typed}
         if queued is not None:
             log.info("%s: start of %s queued by the energy manager: %s", ask.target, ask.requester, queued.message)
             await self.arbiter.submit(Request(ask.target, Source.EMS, {"power_on": False}, now + queued.hold_s,
