@@ -464,6 +464,10 @@ def test_keys_files(tmp_path: Path) -> None:
         load_public_key(tmp_path / "junk.pub")
     with pytest.raises(KeyFileError, match=r"ec\.pub: .*Ed25519"):
         load_public_key(tmp_path / "ec.pub")
+    good = (tmp_path / "k" / "cloud.pub").read_text()
+    (tmp_path / "cut.pub").write_text(good.replace(good.splitlines()[1], good.splitlines()[1][:-6] + "!!!!=="))
+    with pytest.raises(KeyFileError, match=r"cut\.pub: not a PEM public key \(its base64 is damaged\)"):
+        load_public_key(tmp_path / "cut.pub")
     with pytest.raises(KeyFileError, match=r"cloud\.key: is a private key"):
         load_public_key(tmp_path / "k" / "cloud.key")
     with pytest.raises(ValueError, match=r"(?s)junk\.pub.*ec\.pub"):

@@ -91,3 +91,17 @@ def test_the_layer_test_bites() -> None:
     names = [n for n, _ in imports(tree)]
     assert names == ["drivers.modbus.engine"]
     assert not any(n.startswith(p) for n in names for p in ALLOWED["edge.core"])
+
+
+def test_the_daemon_loads_no_heavy_library() -> None:
+    """The daemon stays within its 60 MB on a Pi: what it imports (the roof, the cloud link, the energy
+    manager, the CLI) never pulls in the offline tools' numpy/scipy/scikit-learn/matplotlib, nor the
+    signing side's cryptography and PyJWT (~12 MB: commands are verified with PyNaCl)."""
+    import subprocess
+    import sys
+
+    heavy = ("cryptography", "jwt", "numpy", "scipy", "sklearn", "matplotlib", "tqdm")
+    code = ("import sys, edge.cli, edge.daemon, edge.energy, cloud_sync.service, cloud_sync.keys;"
+            f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "", f"the daemon imports {out.stdout.strip()}"
