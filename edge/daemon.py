@@ -34,7 +34,9 @@ from edge.core.model import CHANNEL_KINDS, CONTROLLABLE_KINDS, AcState, DeviceSt
 from edge.core.schedule import ScheduleRunner, fields_for
 from edge.core.store import Store
 from edge.energy import EnergyService
+from edge.homeassistant import HomeAssistantService
 from edge.http import HttpServer
+from edge.metrics import render as render_metrics
 from edge.sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("campus_edge.daemon")
@@ -77,7 +79,7 @@ ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
 running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
 
 DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, access_service,
-                                                 EnergyService.from_daemon)
+                                                 EnergyService.from_daemon, HomeAssistantService.from_daemon)
 
 
 class Daemon:
@@ -359,7 +361,7 @@ class Daemon:
             return 200, {"ok": True, "uptime_s": round(self.clock.time() - self.started_at, 1)}
 
         async def get_metrics(_path: str, _body: bytes, _peer: str | None) -> tuple[int, Any]:
-            return 200, self.metrics_text()
+            return 200, await self.metrics_text()
 
         for server in (self.http, self.local):
             server.route("GET", "/status", get_status)
@@ -411,18 +413,6 @@ class Daemon:
                 "version": VERSION, "started_at": iso(self.started_at, self.tz),
                 "drivers": drivers, "buses": dict(drivers.get("modbus", {}))}
 
-    def metrics_text(self) -> str:
-        """Prometheus text exposition of device health and bus counters."""
-        lines = ["# TYPE campus_edge_device_online gauge"]
-        lines += [f'campus_edge_device_online{{device="{d}"}} {int(bool(s.get("online")))}'
-                  for d, s in sorted(self.states.items())]
-        lines.append("# TYPE campus_edge_modbus_requests_total counter")
-        lines.append("# TYPE campus_edge_modbus_errors_total counter")
-        modbus = next((d for d in self.drivers if d.name == "modbus"), None)
-        for bus_id, st in sorted((modbus.stats() if modbus is not None else {}).items()):
-            lines.append(f'campus_edge_modbus_requests_total{{bus="{bus_id}"}} {st.get("requests", 0)}')
-            for kind, n in sorted(st.get("errors", {}).items()):
-                lines.append(f'campus_edge_modbus_errors_total{{bus="{bus_id}",kind="{kind}"}} {n}')
-        lines.append("# TYPE campus_edge_uptime_seconds gauge")
-        lines.append(f"campus_edge_uptime_seconds {self.clock.time() - self.started_at:.0f}")
-        return "\n".join(lines) + "\n"
+    async def metrics_text(self) -> str:
+        """Prometheus text exposition (edge.metrics): buses, devices, cloud link, outbox, EMS, the process."""
+        return await render_metrics(self, VERSION)

@@ -54,6 +54,35 @@ class CloudConfig(_M):
     influx: InfluxConfig | None = None
 
 
+class HomeAssistantConfig(_M):
+    """Home Assistant over MQTT discovery (`edge.homeassistant`): the school's own broker, not the city's cloud.
+
+    ACs appear as `climate`, the meter as `sensor`s, doors as `lock`, lights and fans as `switch`; what
+    Home Assistant asks goes through the one way in as `role` (a teacher: only the devices of `rooms`).
+    """
+
+    mqtt: MqttConfig = Field(description="the broker Home Assistant uses (its own connection; client id default"
+                                         " campus-edge-ha-{node_id}; always a clean session: a command sent while"
+                                         " the gateway was away is not carried out later)")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    node_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                description="names this gateway in Home Assistant's topics (default: the gateway id)")
+    topic_prefix: str = Field("campus-edge", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
+                              description="state and command topics: {topic_prefix}/{node_id}/...")
+    role: Literal["facility", "teacher"] = Field("facility", description="whose priority Home Assistant's"
+                                                                         " commands have (the arbiter's tiers)")
+    rooms: list[Id] = Field(default_factory=list, description="a teacher's rooms: only their devices are shown"
+                                                               " and controlled (the meter is shown to everyone)")
+
+    @model_validator(mode="after")
+    def _rooms_for_teachers(self) -> HomeAssistantConfig:
+        if self.role == "teacher" and not self.rooms:
+            raise ValueError("role teacher needs `rooms` (the rooms the teacher may act on)")
+        if self.role == "facility" and self.rooms:
+            raise ValueError("`rooms` is for role teacher (facility staff act on the whole school)")
+        return self
+
+
 class Storage(_M):
     path: Path = Path("/var/lib/campus-edge")
     reserve_mb: float = Field(64.0, ge=0, le=100_000,
@@ -337,6 +366,7 @@ class SimulationConfig(_M):
 class Config(_M):
     site: Site
     cloud: CloudConfig | None = None
+    homeassistant: HomeAssistantConfig | None = None
     storage: Storage = Storage()
     profile_dirs: list[Path] = Field(default_factory=list)
     buses: list[Bus] = Field(default_factory=list)
