@@ -31,6 +31,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ class CloudService:
         self.states = StateGate()
         self.commands_in = 0
         self.results_out = 0
+        self.results_by_code: Counter[str] = Counter()   # the code of every result queued
         self._state_wake = asyncio.Event()
         self._cmd_slots = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
         self._recovered = asyncio.Event()
@@ -320,6 +322,7 @@ class CloudService:
             "last_error": self.link.last_error,
             "mqtt": self.link.counters.as_dict(),
             "commands": self.commands_in, "results": self.results_out,
+            "results_by_code": dict(sorted(self.results_by_code.items())),
             "states_suppressed": self.states.suppressed,
             "outbox": {"pending": ob.pending, "bytes_used": ob.bytes_used, "alarm": ob.alarm},
         }
@@ -530,6 +533,7 @@ class CloudService:
             self._cmd_slots.release()
 
     async def _answer(self, result: Mapping[str, Any], msg_id: str | None) -> None:
+        self.results_by_code[str(result.get("code"))] += 1
         await self.outbox.aput(self.topics.cmd_result, dumps(result), "result", msg_id=msg_id or uuid.uuid4().hex)
 
     async def _recover(self) -> None:

@@ -155,6 +155,10 @@ async def test_hostile_commands_are_answered_and_change_nothing(site: tuple[Virt
     results = [b for t, b, _ in w.messages if t == w.topics.cmd_result]
     assert len(results) == len(cases) + 2 + 3 + 2
     assert daemon.cloud.stats()["connected"]
+    # the metrics' command results by code count every answer once
+    by_code = daemon.cloud.stats()["results_by_code"]
+    assert sum(by_code.values()) == len(results)
+    assert by_code == {c: sum(1 for r in results if r["code"] == c) for c in by_code}
 
 
 async def test_room_relay_door_documents_and_ems_gate(site: tuple[VirtualSchool, Daemon, Watcher],

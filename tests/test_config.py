@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers.sites import two_bus_school
 
 from edge.config import load_config
 from edge.core.config import Config, ModbusDevice, RtuBus, TcpBus
@@ -552,3 +554,19 @@ def test_rtu_unit_zero_is_broadcast(tmp_path: Path) -> None:
     assert text != SCHOOL
     found = problems(tmp_path, text)
     assert any("broadcast" in p.message and p.path.endswith(".unit") for p in found), found
+
+
+def test_home_assistant_rooms_must_exist_and_its_files_are_relative_to_the_config(tmp_path: Path) -> None:
+    base = two_bus_school(tmp_path, 1)
+    base["homeassistant"] = {"mqtt": {"url": "mqtt://127.0.0.1:1883", "password_file": "secrets/ha.pass"},
+                             "role": "teacher", "rooms": ["401", "999"]}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "homeassistant.rooms[1]: unknown room '999'" in str(err.value)
+    base["homeassistant"]["rooms"] = ["401"]
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    cfg = load_config(path)
+    assert cfg.homeassistant is not None
+    assert cfg.homeassistant.mqtt.password_file == tmp_path / "secrets" / "ha.pass"

@@ -356,6 +356,10 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
     for i, dev in enumerate(cfg.devices):
         if isinstance(dev, ModbusDevice) and dev.bus in rtu_buses and dev.unit == 0:
             yield ("devices", i, "unit"), "unit 0 is the RS-485 broadcast address: use 1..247"
+    if cfg.homeassistant is not None:
+        for j, room in enumerate(cfg.homeassistant.rooms or []):
+            if room not in room_ids:
+                yield ("homeassistant", "rooms", j), f"unknown room {room!r}"
     if cfg.ems is not None:
         meter = by_id.get(cfg.ems.meter)
         if not isinstance(meter, ModbusDevice) or meter.kind != Kind.METER:
@@ -383,6 +387,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     control = data.get("control")
     if isinstance(control, dict) and "socket" in control:
         control["socket"] = fix(control["socket"])
+    ha = data.get("homeassistant")
+    if isinstance(ha, dict) and isinstance(ha.get("mqtt"), dict):
+        for k in ("password_file", "ca_file", "cert_file", "key_file"):
+            if k in ha["mqtt"]:
+                ha["mqtt"][k] = fix(ha["mqtt"][k])
     cloud = data.get("cloud")
     if isinstance(cloud, dict):
         if isinstance(cloud.get("command_keys"), list):
