@@ -290,6 +290,18 @@ async def test_a_running_daemon_exposes_buses_devices_ems_and_the_process(site: 
     p50 = m["campus_edge_modbus_poll_period_window_seconds"].value(bus="ac-bus", device="ac-101a", stat="p50")
     assert 0.3 < p50 < 1.5
     assert m["campus_edge_modbus_device_last_read_age_seconds"].value(device="meter-main") < 5
+    # histograms from the engine: every transaction timed, every period between two reads counted
+    lat = m["campus_edge_modbus_request_duration_seconds"]
+    count = lat.value("_count", bus="ac-bus", device="ac-101a")
+    assert count > 0
+    assert lat.value("_bucket", bus="ac-bus", device="ac-101a", le="+Inf") == count
+    assert lat.value("_bucket", bus="ac-bus", device="ac-101a", le="2.5") == count   # loopback: under 2.5 s
+    assert 0 < lat.value("_sum", bus="ac-bus", device="ac-101a") / count < 0.5
+    per = m["campus_edge_modbus_poll_period_seconds"]
+    n = per.value("_count", bus="ac-bus", device="ac-101a")
+    assert n >= 4
+    assert per.value("_bucket", bus="ac-bus", device="ac-101a", le="0.25") < n <= \
+        per.value("_bucket", bus="ac-bus", device="ac-101a", le="2")               # polled every 0.5 s
     ems = {k: m[f"campus_edge_ems_{k}"].value() for k in ("contract_kw", "block_avg_kw", "projected_kw", "shed_units")}
     assert ems["contract_kw"] == 180
     assert ems["block_avg_kw"] > 0

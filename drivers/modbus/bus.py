@@ -249,23 +249,28 @@ class ModbusBus:
         return max((self._devices[d].spec.timeout_s or self.bus.timeout_s for d in device_ids),
                    default=self.bus.timeout_s)
 
-    async def _transact(self, fn: Callable[[], Awaitable[T]], attempts: int) -> T:
-        """One transaction, retried on timeouts and garbage; counts everything."""
+    async def _transact(self, fn: Callable[[], Awaitable[T]], attempts: int, devices: Iterable[str] = ()) -> T:
+        """One transaction, retried on timeouts and garbage; counts everything, times each attempt."""
+        timed = [self._devices[d].latency for d in devices if d in self._devices]
         for attempt in range(attempts):
             self._counts["requests"] += 1
+            started = self._now()
             try:
                 return await fn()
             except TransportError as exc:
                 self._counts[f"error_{exc.kind}"] += 1
                 if isinstance(exc, DeviceException | Disconnected) or attempt == attempts - 1:
                     raise
+            finally:
+                for h in timed:
+                    h.observe(self._now() - started)
         raise AssertionError("unreachable")
 
     async def _read(self, request: ReadRequest, attempts: int) -> list[int]:
         client = self._cli
         timeout = self._timeout(request.device_ids)
         return await self._transact(lambda: transport.read(client, request.unit, request.table, request.address,
-                                                           request.count, timeout), attempts)
+                                                           request.count, timeout), attempts, request.device_ids)
 
     async def _read_with(self, request: ReadRequest, client: transport.Client) -> list[int]:
         del client  # _submit hands the client over; _read uses the same one
@@ -301,7 +306,7 @@ class ModbusBus:
             async def run(client: transport.Client) -> None:
                 for w in writes:
                     await self._transact(functools.partial(transport.write, client, spec.unit, w.table, w.address,
-                                                           w.words, timeout, multiple=w.multiple), 1)
+                                                           w.words, timeout, multiple=w.multiple), 1, [device_id])
 
             try:
                 await self._submit(run)
@@ -335,7 +340,7 @@ class ModbusBus:
         timeout = self._timeout([device_id])
 
         async def run(client: transport.Client) -> Any:
-            return await self._transact(lambda: transport.execute(client, request, timeout), 1)
+            return await self._transact(lambda: transport.execute(client, request, timeout), 1, [device_id])
 
         try:
             response = await self._submit(run)
@@ -375,6 +380,8 @@ class ModbusBus:
                     "last_ok": dev.last_ok,
                     "in_backoff": dev.backoff is not None,
                     "poll_period_s": period_stats(dev.intervals),
+                    "latency_hist_s": dev.latency.snapshot(),
+                    "poll_period_hist_s": dev.period.snapshot(),
                     "rejected": dict(dev.rejected),
                 }
                 for dev_id, dev in self._devices.items()

@@ -218,6 +218,7 @@ class Poller:
             if self._anchors.get(dev_id) == request.key:
                 if dev.last_poll is not None:
                     dev.intervals.append(now - dev.last_poll)
+                    dev.period.observe(now - dev.last_poll)
                 dev.last_poll = now
             self._health.answered(dev, request.unit)
             ctx.sink.on_reading(Reading(dev_id, ts, values, rejected))

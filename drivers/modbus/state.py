@@ -14,6 +14,7 @@ from drivers.modbus.planner import DeviceSpec
 from drivers.modbus.profile import Table
 from edge.core.backoff import Backoff
 from edge.core.clock import Clock
+from edge.core.histogram import LATENCY_BOUNDS_S, PERIOD_BOUNDS_S, Histogram
 
 PERIOD_WINDOW = 1024  # poll intervals kept per device for the jitter stats
 
@@ -30,6 +31,8 @@ class DeviceState:
     last_ok: float | None = None
     last_poll: float | None = None
     intervals: deque[float] = field(default_factory=lambda: deque(maxlen=PERIOD_WINDOW))
+    latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS_S))   # each attempt, seconds
+    period: Histogram = field(default_factory=lambda: Histogram(PERIOD_BOUNDS_S))     # between two reads
     rejected: Counter[str] = field(default_factory=Counter)
     warned: set[str] = field(default_factory=set)
     backoff: Backoff | None = None  # set while the device answers its reads with exceptions
