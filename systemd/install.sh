@@ -108,6 +108,7 @@ STATE="$ROOT$SYS_STATE"
 UNIT_DIR="$ROOT/etc/systemd/system"
 DROPIN_DIR="$UNIT_DIR/$SERVICE.d"
 UDEV_DIR="$ROOT/etc/udev/rules.d"
+BIN_LINK="$ROOT/usr/local/bin/campus-edge"   # `campus-edge ...` on the PATH: the current release's
 
 # -- the system commands: replaceable, and under --root never the real ones unless named ------------------
 sys() {  # sys NAME ARGS...: the system command NAME, or the command its upper-case variable names
@@ -500,9 +501,14 @@ do_install() {
     new_release
     switch_to "$SRC_VERSION"
     cur="$SRC_VERSION"
+    UNITS_CHANGED=yes   # new code: a running daemon restarts into it
     say "installed release $cur"
   fi
   install_units "$RELEASES/$cur"
+  if [ ! -e "$BIN_LINK" ] || [ -L "$BIN_LINK" ]; then
+    install -d -m 0755 "$(dirname "$BIN_LINK")"
+    ln -sfn "$SYS_OPT/current/bin/campus-edge" "$BIN_LINK"
+  fi
   enable_units
   if ! check_config "$RELEASES/$cur"; then
     say "fix $SYS_ETC/config.yaml, then: sudo systemctl restart campus-edge"
@@ -585,6 +591,7 @@ do_uninstall() {
   [ "$PURGE" = no ] || rm -f "$UDEV_DIR/$LOCAL_RULES"
   sys udevadm control --reload-rules
   rm -rf "$OPT"
+  [ "$(readlink "$BIN_LINK" 2>/dev/null)" != "$SYS_OPT/current/bin/campus-edge" ] || rm -f "$BIN_LINK"
   say "removed $SYS_OPT and the units"
   if [ "$PURGE" = yes ]; then
     rm -rf "$ETC" "$STATE"
@@ -606,6 +613,13 @@ if [ "$STAGE_ONLY" = yes ]; then
   exit 0
 fi
 
+# the old layout: a checkout with its .venv at /opt/campus-edge, where releases go now (and which
+# --uninstall removes): it has to move first
+if [ -e "$OPT/setup.py" ] || [ -e "$OPT/.git" ]; then
+  die "$SYS_OPT holds a source checkout (the old layout); move it out first, then run its install.sh:
+  sudo systemctl stop campus-edge; sudo mv $SYS_OPT /usr/local/src/campus-edge
+  cd /usr/local/src/campus-edge && sudo systemd/install.sh" 2
+fi
 install -d -m 0755 "$OPT"
 exec 9>"$OPT/.lock"
 flock -n 9 || die "another install.sh is running"

@@ -202,12 +202,24 @@ def test_help_names_every_action() -> None:
         assert word in out.stdout
 
 
+def test_the_guides_use_only_options_the_script_has() -> None:
+    helptext = subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True, timeout=10,
+                              check=True).stdout
+    for doc in (REPO / "docs/install.md", REPO / "README.md"):
+        lines = [ln for ln in doc.read_text(encoding="utf-8").splitlines() if "install.sh --" in ln]
+        options = {o for ln in lines for o in re.findall(r"install\.sh((?: \[?--[a-z-]+\]?)+)", ln)}
+        options = {o for group in options for o in re.findall(r"--[a-z-]+", group)}
+        assert {"--upgrade", "--uninstall", "--purge"} <= options, doc
+        assert options <= set(re.findall(r"--[a-z-]+", helptext)), (doc, options)
+
+
 # -- install ------------------------------------------------------------------------------------------------------
 def test_install_lays_out_releases_config_state_units_and_udev(box: Box) -> None:
     out = box.ok("--from", str(box.release("1.0")))
     r = box.root
     assert box.current() == "1.0"
     assert (r / "opt/campus-edge/current/bin/campus-edge").exists()
+    assert os.readlink(r / "usr/local/bin/campus-edge") == "/opt/campus-edge/current/bin/campus-edge"
     assert "version=1.0" in (r / "opt/campus-edge/releases/1.0/RELEASE").read_text(encoding="utf-8")
     conf = r / "etc/campus-edge/config.yaml"
     assert conf.read_bytes() == SITE.read_bytes()
@@ -547,6 +559,7 @@ def test_uninstall_removes_the_program_and_keeps_config_and_state(box: Box) -> N
     for unit in ("campus-edge.service", "campus-edge-train.service", "campus-edge-train.timer"):
         assert not (r / "etc/systemd/system" / unit).exists()
     assert not (r / "etc/udev/rules.d/70-campus-edge.rules").exists()
+    assert not (r / "usr/local/bin/campus-edge").is_symlink()
     assert (r / "etc/udev/rules.d/71-campus-edge-local.rules").exists()
     assert (r / "etc/campus-edge/config.yaml").exists()
     assert state.read_bytes() == b"the school's state"
@@ -568,6 +581,18 @@ def test_purge_removes_config_state_local_rules_and_the_user(box: Box) -> None:
     assert not (r / "etc/udev/rules.d/71-campus-edge-local.rules").exists()
     assert "userdel campus-edge" in box.calls()
     assert "campus-edge:" not in (box.shims / "passwd").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("action", [[], ["--upgrade"], ["--uninstall"]])
+def test_an_old_checkout_at_opt_campus_edge_is_never_touched(box: Box, action: list[str]) -> None:
+    old = box.root / "opt/campus-edge"
+    (old / ".venv/bin").mkdir(parents=True)
+    (old / "setup.py").write_text("setup()\n", encoding="utf-8")
+    out = box.run(*action, "--from", str(box.release("1.0")))
+    assert out.returncode == 2
+    assert "move it out first" in out.stderr
+    assert sorted(p.name for p in old.iterdir()) == [".venv", "setup.py"]
+    assert box.calls() == []
 
 
 # -- never the real system ----------------------------------------------------------------------------------------
