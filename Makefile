@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY    ?= python3
 VENV  := .venv
 BIN   := $(VENV)/bin
-DEB_PACKAGES := mosquitto mosquitto-clients socat victoria-metrics mbpoll
+DEB_PACKAGES := mosquitto mosquitto-clients socat victoria-metrics mbpoll chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 

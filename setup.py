@@ -21,6 +21,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["edge*", "drivers*", "ems*", "cloud_sync*", "simulator*"]),
+    package_data={"edge": ["screen_static/*"]},   # the energy screen's page, served by the daemon (edge.screen)
     # profiles and example configs are data; installed beside the packages so that a
     # non-editable install finds them too (see drivers.modbus.profile.PROFILE_DIR)
     data_files=[

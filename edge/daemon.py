@@ -37,6 +37,7 @@ from edge.energy import EnergyService
 from edge.homeassistant import HomeAssistantService
 from edge.http import HttpServer
 from edge.metrics import render as render_metrics
+from edge.screen import ScreenService
 from edge.sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("campus_edge.daemon")
@@ -79,7 +80,8 @@ ServiceFactory = Callable[["Daemon"], AbstractAsyncContextManager[Any] | None]
 running daemon (its control entry, drivers, store, bus, clock), entered after the drivers, left before them."""
 
 DEFAULT_SERVICES: tuple[ServiceFactory, ...] = (BookingService.from_daemon, access_service,
-                                                 EnergyService.from_daemon, HomeAssistantService.from_daemon)
+                                                 EnergyService.from_daemon, HomeAssistantService.from_daemon,
+                                                 ScreenService.from_daemon)
 
 
 class Daemon:

@@ -45,9 +45,10 @@ from edge.core.clock import iso
 from edge.core.config import Config, RelayChannel
 from edge.core.model import Kind
 from edge.http import get_json
+from edge.screen import page_url, parse_listen
 from edge.view import Activity, Person, render_activity, render_status
 from simulator.cards import access_list, roster
-from simulator.local import Broker
+from simulator.local import Broker, free_port
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0  # a child's orderly stop after SIGTERM (the daemon drains and flushes)
@@ -223,6 +224,9 @@ def _demo_site(cfg_path: Path, workdir: Path, broker_port: int, speed: float) ->
     data.setdefault("bookings", {})["lead_s"] = round(BOOKING_LEAD_SIM_S / speed, 1)
     if data.get("ems"):
         data["ems"]["contract_kw"] = DEMO_CONTRACT_KW
+    screen = data.get("screen") or {}
+    if not screen.get("listen"):   # the energy screen, on this machine only (a site's own listen is kept)
+        data["screen"] = {**screen, "listen": f"127.0.0.1:{free_port()}"}
     site = workdir / "site.yaml"
     site.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return site, priv
@@ -263,6 +267,8 @@ def _run(signals: _StopSignals, config: str | None, speed: float | None, duratio
             children.append(daemon)
         port = int(daemon.wait_ready().rsplit(":", 1)[1])
         _say(f"demo running: logs in {workdir}; broker 127.0.0.1:{broker_port}; status API 127.0.0.1:{port}")
+        if (url := screen_url(cfg)) is not None:
+            _say(f"energy screen: {url} (English: {url}?lang=en)")
         sock = workdir / "run" / "control.sock"
         _say(f"local control: campus-edge set ac-102a power_on=on setpoint_c=26 --socket {sock}")
         app = App(cfg, site, key, env, broker_port, speed)
@@ -322,6 +328,8 @@ class App:
         names = {r.id: r.name or r.id for r in cfg.rooms}
         self.activity = Activity({str(p.card): Person(p.person, names.get(p.room, p.room)) for p in self.pupils})
         self.notes: list[str] = ["app: waiting for the gateway's cloud link..."]
+        url = screen_url(cfg)
+        self.screen = "" if url is None else f"energy screen (能源大屏): {url}  (English: {url}?lang=en)"
         self.link_up = asyncio.Event()
         self.devices_up = asyncio.Event()
 
@@ -355,8 +363,8 @@ class App:
             head = f"simulated school day: {datetime.fromtimestamp(sim.time(), self.tz):%a %H:%M} ({self.speed:g}x)"
             if clear:
                 sys.stdout.write("\x1b[H\x1b[2J")
-            print("\n".join([head, page, *render_activity(self.activity), *self.notes, "Ctrl-C stops the demo"]),
-                  flush=True)
+            print("\n".join([head, page, *render_activity(self.activity), *self.notes,
+                             *([self.screen] if self.screen else []), "Ctrl-C stops the demo"]), flush=True)
             await asyncio.sleep(VIEW_S)
 
     async def feed(self) -> None:
@@ -462,6 +470,13 @@ def _outcome(result: Mapping[str, Any] | str) -> str:
     if isinstance(result, str):
         return result
     return f"{result.get('status')} {result.get('code')}" + (f" ({result['message']})" if result.get("message") else "")
+
+
+def screen_url(cfg: Config) -> str | None:
+    """Where a browser on this machine finds the energy screen (None: the config has none)."""
+    if cfg.screen is None or cfg.screen.listen is None:
+        return None
+    return page_url(*parse_listen(cfg.screen.listen))
 
 
 def booked_room(cfg: Config) -> str | None:

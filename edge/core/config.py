@@ -363,6 +363,28 @@ class SimulationConfig(_M):
     )
 
 
+class ScreenConfig(_M):
+    """The school's energy screen (`edge.screen`): a read-only web page on the LAN; nothing on it actuates."""
+
+    listen: str | None = Field(None, description="host:port to serve it on (\"0.0.0.0:8080\": the whole LAN;"
+                                                  " [::]:8080 for IPv6); none: no screen")
+    lang: Literal["zh-TW", "en"] = Field("zh-TW", description="the page's language (a viewer may add ?lang=en)")
+    title: str | None = Field(None, min_length=1, max_length=80, description="the heading (the school's name)")
+    max_viewers: int = Field(50, ge=1, le=1000, description="live pages at once; one more is answered 503")
+    interval_s: float = Field(1.0, ge=0.5, le=5.0, description="one snapshot this often for all viewers")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not host.strip("[]") or any(c.isspace() for c in host) or not port.isdigit() \
+                or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen {v!r}: expected host:port, e.g. 0.0.0.0:8080 ([::]:8080 for IPv6)")
+        return v
+
+
 class Config(_M):
     site: Site
     cloud: CloudConfig | None = None
@@ -381,6 +403,7 @@ class Config(_M):
     control: ControlConfig = Field(default_factory=ControlConfig)
     bookings: BookingsConfig = Field(default_factory=BookingsConfig)
     status_port: int = Field(8765, ge=0, le=65535, description="loopback HTTP status API (0 = any free port)")
+    screen: ScreenConfig | None = None
 
     # -- look-ups used everywhere ---------------------------------------------------------------
     def modbus_devices(self) -> list[ModbusDevice]:
