@@ -51,6 +51,7 @@ CURVE_TAIL = 3                  # minutes each tick repeats (the page merges by 
 RESEND_S = 10.0                 # an unchanged snapshot goes out again this often: the page's sign the stream lives
 HEAD_LIMIT = 8192               # request line and headers, bytes
 REQUEST_TIMEOUT_S = 5.0         # to send the request head (a slow or idle client is let go)
+OVER_TIMEOUT_S = 1.0            # the same, for a connection beyond the limit (read only to answer it 503)
 EXTRA_CONNECTIONS = 16          # page and asset requests beside the viewers' streams
 SLOW_VIEWER_BYTES = 256 * 1024  # a viewer this far behind is dropped (its page reconnects and catches up)
 VIEWER_INPUT_BYTES = 4096       # what a viewer may send after its request before it is let go
@@ -348,15 +349,17 @@ class ScreenService:
         if task is not None:
             self._conns.add(task)
         try:
-            if len(self._conns) > self.screen.max_viewers + EXTRA_CONNECTIONS:
-                self._reply(writer, 503, b"too many connections\n", "text/plain; charset=utf-8", "Retry-After: 10\r\n")
-                return
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            over = len(self._conns) > self.screen.max_viewers + EXTRA_CONNECTIONS
+            try:   # read even when refusing: a socket closed on an unread request is reset, the answer lost
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), OVER_TIMEOUT_S if over
+                                              else REQUEST_TIMEOUT_S)
             except asyncio.LimitOverrunError:
                 self._reply(writer, 431, b"request head too large\n", "text/plain; charset=utf-8")
                 return
             except (TimeoutError, asyncio.IncompleteReadError):
+                return
+            if over:
+                self._reply(writer, 503, b"too many connections\n", "text/plain; charset=utf-8", "Retry-After: 10\r\n")
                 return
             await self._answer(head, reader, writer)
         except (ConnectionError, asyncio.CancelledError):

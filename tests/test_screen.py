@@ -341,6 +341,8 @@ def test_the_curve_is_one_average_per_minute_of_today() -> None:
     for m in range(2, 10):
         c.add(minute + 60 * m, float(m))
     assert c.points(0, last=CURVE_TAIL) == [[minute + 420, 7.0], [minute + 480, 8.0], [minute + 540, 9.0]]
+    c.add(minute + 120, 1.0)                       # the clock stepped back 7 minutes: what was after is gone
+    assert c.points(0) == [[minute, 20.0], [minute + 60, 60.0], [minute + 120, 1.0]]
     small = Curve(minutes=3)
     for m in range(6):
         small.add(60.0 * m, float(m))
@@ -460,43 +462,86 @@ async def test_beyond_max_viewers_a_stream_is_refused_503_until_one_leaves(
             await v.close()
 
 
+async def test_connections_beyond_the_viewers_and_extra_ones_are_answered_503(
+        served: tuple[ScreenService, FakeHost]) -> None:
+    svc, _host = served
+    cap = svc.screen.max_viewers + screen_mod.EXTRA_CONNECTIONS
+    idle = [await asyncio.open_connection("127.0.0.1", svc.port) for _ in range(cap - 1)]   # saying nothing yet
+    try:
+        await until(lambda: len(svc._conns) == cap - 1, what="the idle connections accepted")
+        assert (await request(svc.port, "GET", "/api/snapshot"))[0] == 200   # the last one allowed
+        _r, w = idle.pop()
+        w.close()
+        idle.append(await asyncio.open_connection("127.0.0.1", svc.port))
+        idle.append(await asyncio.open_connection("127.0.0.1", svc.port))
+        await until(lambda: len(svc._conns) == cap, what="the connections accepted")
+        status, headers, _ = await request(svc.port, "GET", "/api/snapshot")
+        assert status == 503
+        assert headers["retry-after"] == "10"
+    finally:
+        for _r, w in idle:
+            w.close()
+
+
+class BufferedTransport:
+    def __init__(self, buffered: int) -> None:
+        self.buffered = buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class FakeViewer:
+    """A viewer whose socket has `buffered` bytes not yet sent."""
+
+    def __init__(self, buffered: int) -> None:
+        self.transport = BufferedTransport(buffered)
+        self.got: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.got.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
 async def test_a_viewer_too_far_behind_is_dropped_the_others_are_served(
         served: tuple[ScreenService, FakeHost]) -> None:
     svc, _host = served
-
-    class Stuck:
-        closed = False
-
-        class transport:
-            @staticmethod
-            def get_write_buffer_size() -> int:
-                return screen_mod.SLOW_VIEWER_BYTES + 1
-
-        def close(self) -> None:
-            self.closed = True
-
-        def is_closing(self) -> bool:
-            return self.closed
-
+    frame = b"event: snapshot\ndata: {}\n\n"
     v = await Viewer.open(svc.port)
     try:
         await v.frame()
-        stuck = Stuck()
-        svc.viewers.add(stuck)  # type: ignore[arg-type]
-        svc.broadcast(b"event: snapshot\ndata: {}\n\n")
-        assert stuck.closed
-        assert len(svc.viewers) == 1   # the stuck one gone, the real one kept
-        assert await v.raw_frame() == b"event: snapshot\ndata: {}\n\n"
+        at_limit, behind = FakeViewer(screen_mod.SLOW_VIEWER_BYTES), FakeViewer(screen_mod.SLOW_VIEWER_BYTES + 1)
+        svc.viewers |= {at_limit, behind}  # type: ignore[arg-type]
+        svc.broadcast(frame)
+        assert at_limit.got == [frame]                 # at the limit: still served
+        assert not at_limit.closed
+        assert behind.got == []                        # beyond it: dropped (its page reconnects)
+        assert behind.closed
+        assert behind not in svc.viewers               # type: ignore[comparison-overlap]
+        assert await v.raw_frame() == frame            # the real viewer got it
     finally:
+        svc.viewers.discard(at_limit)
         await v.close()
 
 
 async def test_a_viewer_that_talks_instead_of_listening_is_let_go(served: tuple[ScreenService, FakeHost]) -> None:
-    svc, _host = served
+    svc, host = served
     v = await Viewer.open(svc.port)
     try:
         await v.frame()
-        v.writer.write(b"x" * (screen_mod.VIEWER_INPUT_BYTES + 2048))
+        v.writer.write(b"x" * screen_mod.VIEWER_INPUT_BYTES)   # as much as it may say: still a viewer
+        await v.writer.drain()
+        await asyncio.sleep(0.2)
+        host.states["meter-main"]["power_w"] = 1000.0
+        svc.tick(host.held.t)
+        assert (await v.frame())["site"]["power_kw"] == 1.0
+        v.writer.write(b"x" * 2048)
         await v.writer.drain()
         await until(lambda: not svc.viewers, what="the chatty viewer dropped")
     finally:
