@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {  # name: (full args, --quick
     "beacon_bench": ([], ["--seconds", "10", "--burst", "50000"]),
     "rss_readers": ([], ["--window", "10", "--warmup", "5"]),
     "ems_bench": ([], ["--scenarios", "hot-day-20,hard-40"]),
+    "screen_bench": ([], ["--window", "15", "--rounds", "1"]),
 }  # telemetry_bench needs a python with influxdb-client (--influx-python): run it by hand
 
 
