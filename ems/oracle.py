@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -33,7 +34,19 @@ IntArray = npt.NDArray[np.int64]
 Matrix2 = tuple[tuple[float, float], tuple[float, float]]
 
 OVER_TOL_KW: Final = 1e-3  # a block counts as over the contract above C + this (solver tolerances)
+# Beyond this many room-slots HiGHS spends minutes on the root LP of the whole day (100 rooms x 132 slots:
+# ~260 s) and finds little in 10 minutes: the rounded relaxation is improved a few rooms at a time instead.
+FULL_MILP_MAX_ROOM_SLOTS: Final = 2000
+LNS_GROUP_ROOMS: Final = 2     # rooms re-solved together in one neighbourhood
+LNS_SOLVE_S: Final = 10.0      # time cap of one neighbourhood's MILP
+LNS_MIN_S: Final = 5.0         # less time than this left: stop searching
 _INF: Final = math.inf
+# Rounding the LP relaxation (tuned on a 30- and a 100-room hot day): a unit runs where the relaxation cools
+# at least 70 % of its minimum; below that, a pulse at the minimum once this much of it is owed (sooner while
+# the class is in: late cooling is discomfort).
+_ROUND_UP: Final = 0.7
+_PULSE: Final = 0.5
+_PULSE_OCCUPIED: Final = 0.3
 
 
 class OracleError(ValueError):
@@ -168,21 +181,26 @@ class Evaluation:
     t_air_c: tuple[tuple[float, ...], ...]   # per room, n_slots + 1 boundaries
     t_mass_c: tuple[tuple[float, ...], ...]
     block_kw: tuple[float, ...]
+    room_discomfort_kh: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class OracleResult:
     """The solved day: the schedule, what the model predicts for it, and how sure the solver is."""
 
-    status: str                    # "optimal" or "limit" (time or node limit, with a feasible schedule)
-    message: str                   # HiGHS's own words
+    status: str                    # "optimal": gap <= mip_rel_gap; "limit": time or node limit; "local": see solve
+    message: str                   # HiGHS's own words about the MILP
+    source: str                    # which schedule won: "milp", "rounding" (the LP relaxation's) or "lns"
     objective: float               # the schedule's score on the model (TWD): parts.objective
     solver_objective: float        # HiGHS's value for it: higher when a stopped incumbent left a slack loose
     lp_bound: float                # the LP relaxation's optimum: no schedule scores lower
-    dual_bound: float              # HiGHS's final MIP lower bound (>= lp_bound up to tolerances)
-    mip_gap: float                 # HiGHS's (solver_objective - dual_bound) / |solver_objective|
-    mip_wall_s: float
+    dual_bound: float              # the best lower bound: the MILP's final bound, at least lp_bound
+    mip_gap: float                 # (objective - dual_bound) / |objective|
+    highs_mip_gap: float | None    # HiGHS's own gap for its incumbent (None: it found none)
     lp_wall_s: float
+    rounding_wall_s: float
+    mip_wall_s: float
+    wall_s: float
     variables: int
     constraints: int
     slot_s: float
@@ -374,7 +392,7 @@ def evaluate(inp: OracleInput, n_on: Sequence[Sequence[int]], q_kw: Sequence[Seq
                            overrun_kw_blocks=over_kw, discomfort_kh=disc_kh,
                            discomfort_kh_per_room=disc_kh / len(inp.rooms), discomfort_kh_worst_room=max(disc),
                            overcool_kh=overcool, energy_kwh=energy, starts=starts, max_off_slots_per_window=worst_off)
-    return Evaluation(parts, tuple(t_air), tuple(t_mass), block_kw)
+    return Evaluation(parts, tuple(t_air), tuple(t_mass), block_kw, tuple(disc))
 
 
 # -- the MILP ----------------------------------------------------------------------------------------
@@ -393,6 +411,7 @@ class _Model:
         self.vals: list[FloatArray] = []
         self.row_lo: list[FloatArray] = []
         self.row_hi: list[FloatArray] = []
+        self._rows: Any = None
 
     def var(self, count: int, lb: Any, ub: Any, cost: Any = 0.0, *, integer: bool = False) -> IntArray:
         idx = np.arange(self.n, self.n + count, dtype=np.int64)
@@ -415,20 +434,23 @@ class _Model:
         self.row_hi.append(np.broadcast_to(np.asarray(hi, dtype=np.float64), (count,)).copy())
         self.rows += count
 
-    def solve(self, *, relax: bool, options: dict[str, Any]) -> Any:
-        a = csr_array((np.concatenate(self.vals), (np.concatenate(self.ri), np.concatenate(self.ci))),
-                      shape=(self.rows, self.n))
+    def solve(self, *, relax: bool, options: dict[str, Any],
+              bounds: tuple[FloatArray, FloatArray] | None = None) -> Any:
+        if self._rows is None:   # built once: the neighbourhood search solves the same rows many times
+            a = csr_array((np.concatenate(self.vals), (np.concatenate(self.ri), np.concatenate(self.ci))),
+                          shape=(self.rows, self.n))
+            self._rows = LinearConstraint(a, np.concatenate(self.row_lo), np.concatenate(self.row_hi))
         integrality = np.zeros(self.n) if relax else np.concatenate(self.integer)
-        return milp(np.concatenate(self.cost), integrality=integrality,
-                    bounds=Bounds(np.concatenate(self.lb), np.concatenate(self.ub)),
-                    constraints=LinearConstraint(a, np.concatenate(self.row_lo), np.concatenate(self.row_hi)),
-                    options=options)
+        lb, ub = bounds if bounds is not None else (np.concatenate(self.lb), np.concatenate(self.ub))
+        return milp(np.concatenate(self.cost), integrality=integrality, bounds=Bounds(lb, ub),
+                    constraints=self._rows, options=options)
 
 
 @dataclass(slots=True)
 class _RoomCols:
     n: IntArray
     q: IntArray
+    off_of: IntArray   # per slot: the column of `off`, -1 where the slot has none (the class is out)
 
 
 def _build(inp: OracleInput) -> tuple[_Model, list[_RoomCols]]:
@@ -491,7 +513,7 @@ def _build(inp: OracleInput) -> tuple[_Model, list[_RoomCols]]:
         block_terms.append((block_of, q, elec * per_block))
         if room.unit_fan_kw > 0:
             block_terms.append((block_of, n, room.unit_fan_kw * per_block))
-        cols.append(_RoomCols(n, q))
+        cols.append(_RoomCols(n, q, off_of))
     # block demand D_b = mean over its slots of base + AC
     nb = len(blocks)
     base = np.asarray(inp.base_kw, dtype=np.float64)
@@ -518,48 +540,185 @@ def _build(inp: OracleInput) -> tuple[_Model, list[_RoomCols]]:
     return m, cols
 
 
-def solve(inp: OracleInput, *, time_limit_s: float = 600.0, mip_rel_gap: float = 1e-3,
-          node_limit: int | None = None) -> OracleResult:
-    """The perfect-foresight optimum (HiGHS MILP) and its LP relaxation's bound; a limit with a schedule is a result."""
-    _check(inp)
-    model, cols = _build(inp)
-    t0 = time.perf_counter()
-    lp = model.solve(relax=True, options={"time_limit": time_limit_s})
-    lp_wall = time.perf_counter() - t0
-    if lp.status != 0 or lp.x is None:
-        raise OracleError(f"the LP relaxation did not solve: {lp.message}")
-    options: dict[str, Any] = {"time_limit": time_limit_s, "mip_rel_gap": mip_rel_gap}
-    if node_limit is not None:
-        options["node_limit"] = node_limit
-    t0 = time.perf_counter()
-    res = model.solve(relax=False, options=options)
-    mip_wall = time.perf_counter() - t0
-    if res.x is None:
-        raise OracleError(f"no feasible schedule (HiGHS status {res.status}): {res.message}")
-    status = "optimal" if res.status == 0 else "limit"
-    solver_objective = float(res.fun)
-    lp_bound = float(lp.fun)
-    dual = float(res.mip_dual_bound) if res.mip_dual_bound is not None else lp_bound
-    if res.mip_gap is not None:
-        gap = float(res.mip_gap)
-    else:
-        gap = (solver_objective - max(dual, lp_bound)) / abs(solver_objective) if solver_objective else 0.0
+def _round(inp: OracleInput, cols: Sequence[_RoomCols], x: FloatArray) -> list[IntArray]:
+    """Units on per room and slot from the LP relaxation's cooling: whole units where it cools about a unit's
+    minimum or more, sigma-delta pulses at the minimum where it cools less (phases staggered over the rooms
+    so they do not switch on together), then slots switched on where a room would break the hourly cap."""
+    out = []
+    for r, (room, rc) in enumerate(zip(inp.rooms, cols, strict=True)):
+        cap = np.asarray(room.unit_cooling_kw, dtype=np.float64)
+        q, n_lp = x[rc.q], x[rc.n]
+        n = np.zeros(inp.n_slots, dtype=np.int64)
+        owed = r / len(inp.rooms)   # cooling owed, in units of the least a running unit gives
+        for k in range(inp.n_slots):
+            least = room.min_modulation * cap[k]
+            if room.units == 0 or cap[k] <= 0:
+                continue
+            if q[k] >= max(_ROUND_UP * least, 1e-6):
+                n[k] = min(room.units, max(1, math.ceil(q[k] / cap[k] - 1e-6)))
+                while n[k] > 1 and q[k] < least * n[k]:
+                    n[k] -= 1
+                owed += min(0.0, q[k] - least) / least if least > 0 else 0.0
+            elif least > 0:
+                owed += q[k] / least
+                if owed >= (_PULSE_OCCUPIED if room.occupied[k] else _PULSE):
+                    n[k], owed = 1, owed - 1.0
+        if room.units > 0:
+            for slots in _windows(inp, _runs_hot(inp, room)):
+                off = [k for k in slots if n[k] == 0]
+                for k in sorted(off, key=lambda k: -n_lp[k])[:max(0, len(off) - (inp.off_cap_slots or 0))]:
+                    n[k] = 1
+        out.append(n)
+    return out
+
+
+def _fixed(model: _Model, cols: Sequence[_RoomCols], n_on: Sequence[Sequence[int] | IntArray],
+           q_kw: Sequence[Sequence[float]] | None = None,
+           free: Sequence[int] = ()) -> tuple[FloatArray, FloatArray]:
+    """The model's bounds with each room's units (so its windows) and, if given, its cooling fixed; not `free` rooms."""
+    lb, ub = np.concatenate(model.lb), np.concatenate(model.ub)
+    for r, (rc, n_seq) in enumerate(zip(cols, n_on, strict=True)):
+        if r in free:
+            continue
+        n = np.asarray(n_seq, dtype=np.int64)
+        lb[rc.n] = ub[rc.n] = n
+        has = rc.off_of >= 0
+        lb[rc.off_of[has]] = ub[rc.off_of[has]] = (n[has] == 0)
+        if q_kw is not None:
+            lb[rc.q] = ub[rc.q] = q_kw[r]
+    return lb, ub
+
+
+def _highs(model: _Model, *, relax: bool, options: dict[str, Any],
+           bounds: tuple[FloatArray, FloatArray] | None = None) -> Any:
+    with warnings.catch_warnings():
+        # "solver" is a HiGHS option scipy passes on verbatim, and says so with a warning
+        warnings.filterwarnings("ignore", message="Unrecognized options", category=RuntimeWarning)
+        return model.solve(relax=relax, options=options, bounds=bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    source: str
+    x: FloatArray
+    solver_objective: float
+    evaluation: Evaluation
+    n_on: tuple[tuple[int, ...], ...]
+    q_kw: tuple[tuple[float, ...], ...]
+
+
+def _candidate(inp: OracleInput, cols: Sequence[_RoomCols], source: str, res: Any) -> _Candidate:
     x = np.asarray(res.x, dtype=np.float64)
-    n_on: list[tuple[int, ...]] = []
-    q_kw: list[tuple[float, ...]] = []
-    share: list[tuple[float, ...]] = []
+    n_on, q_kw = [], []
     for room, rc in zip(inp.rooms, cols, strict=True):
         n = np.rint(x[rc.n]).astype(np.int64)
         cap = np.asarray(room.unit_cooling_kw, dtype=np.float64)
-        q = np.clip(x[rc.q], room.min_modulation * cap * n, cap * n)
         n_on.append(tuple(int(v) for v in n))
-        q_kw.append(tuple(float(v) for v in q))
-        share.append(tuple(float(qv / (cv * nv)) if nv > 0 and cv > 0 else 0.0
-                           for qv, cv, nv in zip(q, cap, n, strict=True)))
-    ev = evaluate(inp, n_on, q_kw)
-    return OracleResult(status=status, message=str(res.message), objective=ev.parts.objective,
-                        solver_objective=solver_objective, lp_bound=lp_bound,
-                        dual_bound=dual, mip_gap=gap, mip_wall_s=mip_wall, lp_wall_s=lp_wall, variables=model.n,
-                        constraints=model.rows, slot_s=inp.slot_s, n_on=tuple(n_on), q_kw=tuple(q_kw),
-                        share=tuple(share), t_air_c=ev.t_air_c, block_kw=ev.block_kw,
-                        parts=ev.parts)
+        q_kw.append(tuple(float(v) for v in np.clip(x[rc.q], room.min_modulation * cap * n, cap * n)))
+    return _Candidate(source, x, float(res.fun), evaluate(inp, n_on, q_kw), tuple(n_on), tuple(q_kw))
+
+
+def _room_costs(inp: OracleInput, cand: _Candidate) -> list[float]:
+    """What each room adds to the objective beyond its energy: discomfort and compressor starts (TWD)."""
+    w = inp.weights
+    return [w.comfort_twd_per_kh * d + w.start_twd * sum(max(0, b - a) for a, b in zip((0, *n), n, strict=False))
+            for d, n in zip(cand.evaluation.room_discomfort_kh, cand.n_on, strict=True)]
+
+
+def _improve(inp: OracleInput, model: _Model, cols: Sequence[_RoomCols], best: _Candidate, left: Any,
+             options: dict[str, Any]) -> tuple[_Candidate, int]:
+    """Large-neighbourhood search: re-solve a few rooms at a time as a MILP, the others' units held."""
+    group = max(1, min(LNS_GROUP_ROOMS, len(inp.rooms)))
+    rounds = 0
+    while left() > LNS_MIN_S:
+        costs = _room_costs(inp, best)
+        order = sorted(range(len(inp.rooms)), key=lambda r: -costs[r])
+        improved = False
+        for g in range(0, len(order), group):
+            if left() <= LNS_MIN_S:
+                break
+            # the other rooms are held whole (units and cooling): presolve removes them, the MILP is small
+            bounds = _fixed(model, cols, best.n_on, best.q_kw, free=order[g:g + group])
+            res = _highs(model, relax=False, options={**options, "time_limit": min(left(), LNS_SOLVE_S)},
+                         bounds=bounds)
+            rounds += 1
+            if res.x is not None:
+                cand = _candidate(inp, cols, "lns", res)
+                if cand.evaluation.parts.objective < best.evaluation.parts.objective - 1e-9:
+                    best, improved = cand, True
+        if not improved:
+            break
+    return best, rounds
+
+
+def solve(inp: OracleInput, *, time_limit_s: float = 600.0, mip_rel_gap: float = 1e-3,
+          node_limit: int | None = None, lns: bool | None = None) -> OracleResult:
+    """The perfect-foresight optimum and the LP relaxation's bound; a limit with a schedule is a result.
+
+    HiGHS solves share `time_limit_s`: the LP relaxation (interior point: the bound, and a schedule to
+    round), the rounded schedule with its units fixed (its cooling re-optimised), then with the time left
+    either the full MILP (small days) or, when `lns` or beyond FULL_MILP_MAX_ROOM_SLOTS, MILPs over a few
+    rooms at a time. The best schedule is the result; its gap is against the best bound proven.
+    """
+    _check(inp)
+    if not time_limit_s > 0:
+        raise OracleError(f"time_limit_s must be > 0, got {time_limit_s}")
+    model, cols = _build(inp)
+    start = time.perf_counter()
+
+    def left() -> float:
+        return max(0.0, time_limit_s - (time.perf_counter() - start))
+
+    lp = _highs(model, relax=True, options={"time_limit": left(), "solver": "ipm"})
+    lp_wall = time.perf_counter() - start
+    if lp.status != 0 or lp.x is None:
+        raise OracleError(f"the LP relaxation did not solve within {time_limit_s} s: {lp.message}")
+    lp_bound = float(lp.fun)
+    candidates: list[_Candidate] = []
+    t0 = time.perf_counter()
+    rounded = _highs(model, relax=False, options={"time_limit": left(), "mip_rel_gap": mip_rel_gap},
+                     bounds=_fixed(model, cols, _round(inp, cols, np.asarray(lp.x, dtype=np.float64))))
+    if rounded.x is not None:
+        candidates.append(_candidate(inp, cols, "rounding", rounded))
+    rounding_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    options: dict[str, Any] = {"mip_rel_gap": mip_rel_gap}
+    if node_limit is not None:
+        options["node_limit"] = node_limit
+    message, dual, highs_gap, rounds = "no time left for the MILP", lp_bound, None, 0
+    if lns is None:
+        lns = len(inp.rooms) * inp.n_slots > FULL_MILP_MAX_ROOM_SLOTS
+    if lns and candidates:
+        best, rounds = _improve(inp, model, cols, candidates[0], left, options)
+        candidates.append(best)
+        message = f"{rounds} neighbourhoods of {LNS_GROUP_ROOMS} rooms re-solved"
+    elif left() > 0:
+        res = _highs(model, relax=False, options={**options, "time_limit": left()})
+        message = str(res.message)
+        if res.x is not None:
+            candidates.append(_candidate(inp, cols, "milp", res))
+            highs_gap = float(res.mip_gap) if res.mip_gap is not None else None
+        if res.mip_dual_bound is not None and math.isfinite(res.mip_dual_bound):
+            dual = max(dual, float(res.mip_dual_bound))
+    mip_wall = time.perf_counter() - t0
+    if not candidates:
+        raise OracleError(f"no feasible schedule within {time_limit_s} s: {message}")
+    best = min(candidates, key=lambda c: c.evaluation.parts.objective)
+    objective = best.evaluation.parts.objective
+    gap = max(0.0, (objective - dual) / abs(objective)) if objective else 0.0
+    if gap <= mip_rel_gap:
+        status = "optimal"
+    elif left() <= LNS_MIN_S or node_limit is not None:
+        status = "limit"
+    else:
+        status = "local"   # the neighbourhood search stopped improving before the time ran out
+    share = tuple(tuple(float(q / (c * n)) if n > 0 and c > 0 else 0.0
+                        for q, c, n in zip(qs, room.unit_cooling_kw, ns, strict=True))
+                  for qs, ns, room in zip(best.q_kw, best.n_on, inp.rooms, strict=True))
+    return OracleResult(status=status, message=message, source=best.source, objective=objective,
+                        solver_objective=best.solver_objective, lp_bound=lp_bound, dual_bound=dual, mip_gap=gap,
+                        highs_mip_gap=highs_gap, lp_wall_s=lp_wall, rounding_wall_s=rounding_wall,
+                        mip_wall_s=mip_wall, wall_s=time.perf_counter() - start, variables=model.n,
+                        constraints=model.rows, slot_s=inp.slot_s, n_on=best.n_on, q_kw=best.q_kw, share=share,
+                        t_air_c=best.evaluation.t_air_c, block_kw=best.evaluation.block_kw,
+                        parts=best.evaluation.parts)
