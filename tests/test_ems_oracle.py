@@ -48,7 +48,7 @@ def model_of(p: RoomParams, ach: float = ACH_CLOSED, slot_s: float = SLOT_S) -> 
 
 def physics_room(p: RoomParams, key: str, n_slots: int, *, start: datetime = TUESDAY_0800, units: int = 2,
                  weather: Weather = HOT_DAY, ac: AcParams = UNIT, upper_c: float = 28.0) -> OracleRoom:
-    """A classroom of the virtual school as the oracle sees it (the mapping the bench uses)."""
+    """A classroom of the virtual school as the oracle sees it (a mapping a bench can use)."""
     h_out = p.h_window + p.h_vent(ACH_CLOSED)
     away = away_lessons(7, key, start.timetuple().tm_yday)
     cols: dict[str, list[float]] = {k: [] for k in ("ha", "hm", "cap", "elec", "win")}
@@ -351,6 +351,28 @@ def test_overrun_outranks_comfort_until_the_hourly_off_cap_forces_cooling() -> N
     assert res.parts.penalty_twd > 0
     assert res.lp_bound <= res.objective + 1e-6
     assert res.solver_objective == pytest.approx(res.objective, rel=1e-6)
+
+
+def test_open_windows_reach_the_milp() -> None:
+    n = 12
+    shut = steady_room(n)
+    windows = dataclasses.replace(shut, window_gain_kw=(0.8,) * n)
+    plain = solve(day([shut], 10.0, 10.0, off_cap_slots=None), time_limit_s=60)
+    aired = solve(day([windows], 10.0, 10.0, off_cap_slots=None), time_limit_s=60)
+    assert sum(plain.n_on[0]) == sum(aired.n_on[0]) == 0        # no cooling fits the contract
+    assert aired.parts.discomfort_kh > plain.parts.discomfort_kh + 0.1
+    assert aired.solver_objective == pytest.approx(aired.objective, rel=1e-6)   # the MILP's rooms are evaluate's
+
+
+def test_windows_are_never_open_while_a_unit_runs() -> None:
+    # cooler outside than upper_c: open windows would cool the room, a unit must run anyway (many pupils)
+    n = 12
+    room = dataclasses.replace(steady_room(n, t_out=24.0, people_w=5000.0, t0=28.0), window_gain_kw=(-0.75,) * n)
+    res = solve(day([room], 100.0, 5.0), time_limit_s=60)
+    assert sum(res.n_on[0]) > 0
+    # the MILP's bound would fall below any real schedule if it could have windows and units at once
+    assert res.status == "optimal"
+    assert res.mip_gap <= 1e-3
 
 
 def test_the_tariff_switch_reaches_the_objective() -> None:
