@@ -14,6 +14,12 @@ and answered then; one that expired meanwhile is answered `expired` and not appl
 duplicate `replayed` (the journal). The session still re-subscribes and republishes retained state on
 every connection: the broker may have restarted without persistence.
 
+Several brokers (`cloud.mqtt.urls`, the nodes of one broker cluster): the link keeps to the broker it
+has and moves to the next URL (round robin, the same backoff between attempts) only when an attempt
+to connect fails, so a short network cut does not move a gateway off its broker. In a cluster the
+persistent session lives in the cluster and follows the gateway; between independent brokers it
+does not (commands queued at a dead broker stay there).
+
 Commands and acknowledgement: paho sends the PUBACK of a QoS 1 `P/cmd` message as soon as it has
 read it, before the service has verified and journalled it (`CommandJournal.begin`). A crash in
 that window (milliseconds) loses the command: the broker considers it delivered, and the journal
@@ -87,10 +93,17 @@ class LinkSettings:
     persistent_session: bool = False      # the daemon's link: `cloud.mqtt.persistent_session` (True by default)
     backoff_min_s: float | None = None   # None: the module's BACKOFF_MIN_S / BACKOFF_MAX_S at connect time
     backoff_max_s: float | None = None
+    more_brokers: tuple[tuple[str, int], ...] = ()   # (host, port) after `host`:`port`, tried in turn
+
+    @property
+    def brokers(self) -> tuple[tuple[str, int], ...]:
+        """Every broker, in the order they are tried."""
+        return ((self.host, self.port), *self.more_brokers)
 
     @classmethod
     def from_config(cls, mqtt: MqttConfig, default_client_id: str, **overrides: Any) -> LinkSettings:
         tls, host, port = parse_url(mqtt.url)
+        more = tuple(parse_url(u)[1:] for u in mqtt.urls)
         password = None
         if mqtt.password_file is not None:
             try:
@@ -101,7 +114,7 @@ class LinkSettings:
             "host": host, "port": port, "tls": tls, "client_id": mqtt.client_id or default_client_id,
             "username": mqtt.username, "password": password, "ca_file": mqtt.ca_file, "cert_file": mqtt.cert_file,
             "key_file": mqtt.key_file, "keepalive_s": mqtt.keepalive_s, "protocol": mqtt.protocol,
-            "persistent_session": mqtt.persistent_session,
+            "persistent_session": mqtt.persistent_session, "more_brokers": more,
         }
         base.update(overrides)
         return cls(**base)
@@ -194,6 +207,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self.stopping = False   # set by the owner before it cancels `run`
+        self.broker = f"{settings.host}:{settings.port}"   # the broker connected to, or tried next
         will = aiomqtt.Will(will_topic, will_payload, qos=1, retain=True) if will_topic else None
         self.client = aiomqtt.Client(
             settings.host, settings.port, username=settings.username, password=settings.password,
@@ -211,12 +225,22 @@ class MqttLink:
         self.acks = 0
 
     async def run(self, session: Session) -> None:
-        """Connect, run `session`, and on any connection loss wait (backoff) and do it again."""
+        """Connect, run `session`, and on any connection loss wait (backoff) and do it again.
+
+        A failed attempt moves on to the next broker (round robin); a lost connection retries the same one.
+        """
         s = self.settings
         backoff = Backoff(BACKOFF_MIN_S if s.backoff_min_s is None else s.backoff_min_s,
                           BACKOFF_MAX_S if s.backoff_max_s is None else s.backoff_max_s)
-        target = f"{self.settings.host}:{self.settings.port}"
+        brokers = s.brokers
+        turn = 0
+        logged = ""   # the broker of the last warning: each broker's error is logged once, not each attempt
         while True:
+            host, port = brokers[turn % len(brokers)]
+            target = self.broker = f"{host}:{port}"
+            # aiomqtt keeps one address per client; the link's client (and its paho session state) stays
+            # the same object, so the address is set before each attempt (pinned aiomqtt; tested)
+            self.client._hostname, self.client._port = host, port
             up_since: float | None = None
             self.counters.attempts += 1
             try:
@@ -236,19 +260,21 @@ class MqttLink:
                 err = str(group.exceptions[0])
                 if up_since is not None:
                     self.counters.disconnects += 1
-                if self.last_error != err:
+                if self.last_error != err or self.broker != logged:
                     log.warning("MQTT %s: %s", target, err)
-                self.last_error = err
+                self.last_error, logged = err, target
             if self.stopping:
                 # a stop that landed while the broker went away: aiomqtt turned the cancellation into an
                 # MqttError ("Disconnected during message iteration"); without this the loop would
                 # reconnect for ever and the daemon never stop. (Not `Task.cancelling()`: on 3.11 a
                 # TaskGroup whose child failed leaves its parent's cancel count raised.)
                 raise asyncio.CancelledError
+            if up_since is None:
+                turn += 1   # this broker did not take us: the next one, after the same backoff
             if up_since is not None and time.monotonic() - up_since >= STABLE_S:
                 backoff.reset()
             wait = backoff.next()
-            log.debug("MQTT reconnect to %s in %.1f s", target, wait)
+            log.debug("MQTT reconnect to %s:%d in %.1f s", *brokers[turn % len(brokers)], wait)
             await asyncio.sleep(wait)
 
     def ack(self, message: aiomqtt.Message) -> None:

@@ -26,8 +26,16 @@ class Site(_M):
     timezone: str = "Asia/Taipei"
 
 
+MQTT_URL = r"^mqtts?://[^/:]+(:\d+)?/?$"
+MAX_BROKER_URLS = 16
+
+
 class MqttConfig(_M):
-    url: str = Field(pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    url: str = Field(pattern=MQTT_URL)
+    urls: list[Annotated[str, Field(pattern=MQTT_URL)]] = Field(
+        default_factory=list, max_length=MAX_BROKER_URLS - 1,
+        description="further nodes of the same broker cluster, tried in turn after `url` when a connection fails"
+                    " or is lost (round robin); the same scheme as `url`")
     username: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
@@ -37,6 +45,23 @@ class MqttConfig(_M):
     keepalive_s: int = Field(30, ge=5, le=3600)
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     persistent_session: bool = True       # the broker queues commands sent while the gateway is away
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> MqttConfig:
+        scheme = self.url.split("://", 1)[0]
+        seen = {self.url.rstrip("/")}
+        for i, u in enumerate(self.urls):
+            if u.split("://", 1)[0] != scheme:
+                # one TLS context serves every attempt: a cluster's nodes are all mqtts or all mqtt
+                raise ValueError(f"urls[{i}] {u!r}: every broker URL must use {scheme}:// like `url`")
+            if u.rstrip("/") in seen:
+                raise ValueError(f"urls[{i}] {u!r}: listed twice (with `url` or in `urls`)")
+            seen.add(u.rstrip("/"))
+        return self
+
+    def broker_urls(self) -> list[str]:
+        """`url`, then `urls`: the order the link tries them in."""
+        return [self.url, *self.urls]
 
 
 class InfluxConfig(_M):
