@@ -5,8 +5,9 @@ Every room is a linear two-node heat balance (air, mass) discretised exactly ove
 and how much they cool (`q_kw`), knowing the whole day in advance: weather, sun, pupils, base load.
 It minimises the overrun penalty of DOMAIN.md section 2 on the day's peak 15-minute block, the
 number and size of blocks over the contract, discomfort above `upper_c` in occupied time, and AC
-energy, in that order of weight. HiGHS (through scipy.optimize.milp) solves it; the same model with
-integrality relaxed gives a lower bound. The formulation is written out in docs/oracle.md.
+energy, in that order of weight. HiGHS (through scipy.optimize.milp) solves it, whole for small days
+and two rooms at a time for large ones; the same model with integrality relaxed gives the lower bound.
+The formulation, its approximations and the solve are written out in docs/oracle.md.
 
 Offline only (the bench): numpy and scipy are fine here, the daemon never imports this module. It
 knows nothing of the simulator: the caller turns its room parameters into plain numbers.
@@ -541,9 +542,10 @@ def _build(inp: OracleInput) -> tuple[_Model, list[_RoomCols]]:
 
 
 def _round(inp: OracleInput, cols: Sequence[_RoomCols], x: FloatArray) -> list[IntArray]:
-    """Units on per room and slot from the LP relaxation's cooling: whole units where it cools about a unit's
-    minimum or more, sigma-delta pulses at the minimum where it cools less (phases staggered over the rooms
-    so they do not switch on together), then slots switched on where a room would break the hourly cap."""
+    """Units on per room and slot, rounded from the LP relaxation's cooling."""
+    # Whole units where the relaxation cools about a unit's minimum or more; sigma-delta pulses at the
+    # minimum where it cools less, their phases staggered over the rooms so they do not switch on together;
+    # then slots switched on where a room would break the hourly cap.
     out = []
     for r, (room, rc) in enumerate(zip(inp.rooms, cols, strict=True)):
         cap = np.asarray(room.unit_cooling_kw, dtype=np.float64)
@@ -653,13 +655,11 @@ def _improve(inp: OracleInput, model: _Model, cols: Sequence[_RoomCols], best: _
 
 def solve(inp: OracleInput, *, time_limit_s: float = 600.0, mip_rel_gap: float = 1e-3,
           node_limit: int | None = None, lns: bool | None = None) -> OracleResult:
-    """The perfect-foresight optimum and the LP relaxation's bound; a limit with a schedule is a result.
-
-    HiGHS solves share `time_limit_s`: the LP relaxation (interior point: the bound, and a schedule to
-    round), the rounded schedule with its units fixed (its cooling re-optimised), then with the time left
-    either the full MILP (small days) or, when `lns` or beyond FULL_MILP_MAX_ROOM_SLOTS, MILPs over a few
-    rooms at a time. The best schedule is the result; its gap is against the best bound proven.
-    """
+    """The perfect-foresight optimum and the LP relaxation's bound; a limit with a schedule is a result."""
+    # HiGHS solves share `time_limit_s`: the LP relaxation (interior point: the bound, and a schedule to
+    # round), the rounded schedule with its units fixed (its cooling re-optimised), then with the time left
+    # either the full MILP (small days) or, when `lns` or beyond FULL_MILP_MAX_ROOM_SLOTS, MILPs over two
+    # rooms at a time. The best schedule is the result; its gap is against the best bound proven.
     _check(inp)
     if not time_limit_s > 0:
         raise OracleError(f"time_limit_s must be > 0, got {time_limit_s}")
