@@ -188,7 +188,8 @@ class AlarmEngine:
         for key in [k for k in self._active if k not in self.rules]:
             a = self._active.pop(key)
             rule = old.get(key)
-            metric = rule.metric if rule is not None else key[1]
+            metric = rule.metric if rule is not None else (
+                "projected_kw" if key[1] == DEMAND else QUALITY_RULES.get(key[1], (key[1], True))[0])
             threshold = rule.threshold if rule is not None else None
             out.append(AlarmEvent(a.id, key[0], "cleared", key[1], metric, a.value, threshold, now))
         return out

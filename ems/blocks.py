@@ -207,10 +207,10 @@ class DemandMeter:
                 e_cov, cov_from = hold * tau / 3600.0, start
         cov_s = now - cov_from
         if cov_from > start:   # the start of the block was not seen: fill it at the covered average
-            fill_kw = e_cov * 3600.0 / cov_s if cov_s > 0 else (p or 0.0)
+            fill_kw = e_cov * 3600.0 / cov_s if cov_s > 0 else (0.0 if stale else (p or 0.0))
             e_cov += fill_kw * (cov_from - start) / 3600.0
         avg_kw = e_cov * 3600.0 / tau if tau > 0 else (p or 0.0)
-        hold_kw = p if p is not None else avg_kw
+        hold_kw = p if p is not None and not stale else avg_kw   # stale: nothing is extended
         projected_kw = (e_cov * 3600.0 + hold_kw * (T - tau)) / T
         limit = ALLOW_LIMIT_FACTOR * C
         raw = (C * T - e_cov * 3600.0) / (T - tau)   # tau < T always (block_start)

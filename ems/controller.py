@@ -218,8 +218,8 @@ class EmsController:
                 log.info("ems: %s has been off its share of the hour, but no other room can take its turn now", room)
                 continue
             spare -= back
-            out += [self._give_back(now, u, st, f"off {cap / 60:.0f} min in the last hour: its turn is over")
-                    for u, st in members]
+            why = f"its {cap / 60:.0f} minutes off in the hour are used: its turn is over"
+            out += [self._give_back(now, u, st, why) for u, st in members]
         return out
 
     def _sheddable_kw(self, now: float, units: Sequence[UnitView], rooms_out: set[str]) -> float:

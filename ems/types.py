@@ -62,6 +62,7 @@ class ActionKind(StrEnum):
     RESTORE = "restore"               # the energy manager lets go: the lower holder's wish returns
     SWITCH_OFF = "switch_off"         # on in an empty room past the grace time (energy, not demand): once, not held
     PRECOOL = "precool"               # switched on before the room's usual start, where the block has room: once
+    HOLD = "hold"                     # these fields held at the EMS priority (the bench's oracle replays its plan)
 
 
 @dataclass(frozen=True, slots=True)

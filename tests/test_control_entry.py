@@ -13,7 +13,7 @@ from test_arbiter import Unit
 from edge.core.arbiter import Arbiter, Request, Source
 from edge.core.clock import ManualClock
 from edge.core.config import ControlConfig
-from edge.core.control import Ask, Control
+from edge.core.control import Ask, Control, Denial, Queued, Result
 from edge.core.model import Kind
 
 TZ = ZoneInfo("Asia/Taipei")
@@ -265,3 +265,57 @@ async def test_a_person_changing_their_own_request_keeps_what_they_did_not_chang
     assert (await ctl.ask(Ask("ac-1", {"setpoint_c": 28}, Source.TEACHER, "teacher:T2"))).ok
     (theirs,) = ctl.arbiter.requests("ac-1")
     assert (theirs.requester, dict(theirs.fields)) == ("teacher:T2", {"setpoint_c": 28})
+
+
+async def test_a_queued_start_is_taken_under_an_ems_hold_and_the_ems_itself_is_never_queued() -> None:
+    ctl, unit, clock, _seen = entry()
+    ctl.admission = lambda _t, _k, fields, _s: Queued("the block is full", 600.0) if fields.get("power_on") else None
+    out = await ctl.ask(Ask("ac-1", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+    assert (out.status, out.code) == ("ok", "ok")
+    assert out.message.startswith("queued: the block is full")
+    assert out.overridden_by is not None
+    assert out.overridden_by.source == Source.EMS
+    assert out.overridden_by.until == clock.time() + 600.0
+    holds = {r.source: r for r in ctl.arbiter.requests("ac-1")}
+    assert holds[Source.EMS].requester == "ems:queue"
+    assert dict(holds[Source.EMS].fields) == {"power_on": False}
+    assert dict(holds[Source.TEACHER].fields) == {"power_on": True}   # kept: it starts when the EMS lets go
+    assert unit.actual("ac-1").get("power_on") is not True
+    # a source at or above the EMS is never queued: refused with the same words
+    ems = await ctl.ask(Ask("ac-1", {"power_on": True}, Source.EMS, "ems"))
+    assert (ems.status, ems.code) == ("rejected", "denied_by_ems")
+    assert ems.message == "the block is full"
+    # a one-shot switch cannot queue either
+    switch = await ctl.baseline("ac-1", {"power_on": True}, "schedule:x")
+    assert switch.code == "denied_by_ems"
+
+
+async def test_a_denial_carries_its_code_and_retry_hint_to_the_payload() -> None:
+    ctl, _unit, _clock, _seen = entry()
+    ctl.admission = lambda *_a: Denial("denied_by_quota", "room 101 has used its quota", 120.0)
+    out = await ctl.ask(Ask("ac-1", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+    assert (out.status, out.code, out.retry_after_s) == ("rejected", "denied_by_quota", 120.0)
+    assert out.payload(TZ)["retry_after_s"] == 120
+    door = await ctl.pulse("door-1", 5, Source.TEACHER, "teacher:T1")
+    assert (door.code, door.retry_after_s) == ("denied_by_quota", 120.0)
+    ctl.admission = lambda *_a: "the meter is stale"
+    plain = await ctl.ask(Ask("ac-1", {"power_on": True}, Source.TEACHER, "teacher:T1"))
+    assert (plain.code, plain.message, plain.retry_after_s) == ("denied_by_ems", "the meter is stale", None)
+    assert "retry_after_s" not in plain.payload(TZ)
+
+
+async def test_site_actions_go_to_the_service_that_offers_them() -> None:
+    ctl, _unit, _clock, _seen = entry()
+    missing = await ctl.site("alarm.ack", {"level": "warning"}, "facility:F1")
+    assert (missing.status, missing.code) == ("rejected", "bad_request")
+    assert "energy manager" in missing.message
+    calls: list[tuple[dict[str, Any], str]] = []
+
+    async def ack(params: Mapping[str, Any], requester: str) -> Result:
+        calls.append((dict(params), requester))
+        return Result("ok", "ok", "1 alarm(s) acknowledged", "site")
+
+    ctl.site_actions["alarm.ack"] = ack
+    out = await ctl.site("alarm.ack", {"level": "warning"}, "facility:F1")
+    assert out.ok
+    assert calls == [({"level": "warning"}, "facility:F1")]

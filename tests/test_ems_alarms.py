@@ -402,3 +402,14 @@ def test_below_rules_at_their_boundaries() -> None:
     assert feed_quality(eng, 110, 600, {**GOOD, "voltage_v": [202.0] * 3}) == []
     ev = feed_quality(eng, 710, 10, {**GOOD, "voltage_v": [202.1] * 3})
     assert [(e.rule, e.state) for e in ev] == [("voltage_low_v", "cleared")]
+
+
+def test_an_alarm_whose_rule_is_gone_after_a_restart_clears_with_its_metric_name() -> None:
+    before = AlarmEngine(settings({"level": "warning", "demand_kw": 100, "quality": {"pf_below": 0.9}}),
+                         raise_after_s=0)
+    before.update(T0, block(120.0), {"pf": 0.8})
+    saved = before.snapshot()
+    after = AlarmEngine(settings({"level": "critical", "demand_kw": 200}))   # the warning level is gone
+    after.restore(saved)
+    cleared = {e.rule: e.metric for e in after.set_settings(after.settings, T0 + 60)}
+    assert cleared == {"demand": "projected_kw", "pf_below": "pf"}

@@ -356,3 +356,15 @@ def test_constant_power_property(p_kw: float, tau_s: float, c_kw: float) -> None
         assert s.allow_kw >= c_kw
     elif p_kw > c_kw * (1 + 1e-9):
         assert s.allow_kw < c_kw
+
+
+def test_a_block_nobody_measured_is_not_filled_with_a_stale_power() -> None:
+    """A reading of 60 kW, then nothing for hours: the later block has no energy and no projection made up."""
+    m = DemandMeter(100.0)
+    m.update(T0, 60.0, None)
+    m.update(T0 + 100, 60.0, None)
+    st = m.status(T0 + 10_000)
+    assert st.stale
+    assert st.energy_kwh == 0.0
+    assert st.avg_kw == 0.0
+    assert st.projected_kw == 0.0

@@ -365,7 +365,7 @@ def test_rotation_never_gives_back_a_unit_inside_its_minimum_off_time() -> None:
     assert ctl.step(T0 + 120, block(97.0), [waiting("a", "r1")]) == []   # its turn is over, the compressor's is not
     acts = ctl.step(T0 + 180, block(97.0), [waiting("a", "r1")])
     assert [(a.unit, a.kind, a.reason) for a in acts] == \
-        [("a", RESTORE, "r1: restored (off 2 min in the last hour: its turn is over)")]   # the 1.5-minute cap
+        [("a", RESTORE, "r1: restored (its 2 minutes off in the hour are used: its turn is over)")]   # 1.5-min cap
 
 
 def rotation(power_kw: float, rated: dict[str, float], *, stale: bool = False) -> list[str]:

@@ -35,12 +35,24 @@ def _ems(_sc: Scenario, _school: BenchSchool) -> Controller:
     return cast(Controller, cls())
 
 
+def _oracle(sc: Scenario, school: BenchSchool) -> Controller:
+    """The perfect-foresight optimum (ems.oracle, HiGHS): plans the whole day before the run starts."""
+    try:
+        from ems.bench.oracle_plan import OraclePlan  # lazy: scipy's HiGHS only when the oracle runs
+    except ImportError as exc:
+        raise ControllerUnavailable(f"controller 'oracle' needs scipy (requirements-ems.txt): {exc}") from exc
+    return cast(Controller, OraclePlan(sc, school, time_limit_s=ORACLE_TIME_LIMIT_S))
+
+
+ORACLE_TIME_LIMIT_S = 600.0   # the issue's budget for a 100-classroom day here
+
+
 CONTROLLERS: dict[str, Factory] = {
     "none": lambda _sc, _school: NoControl(),
     "staggered": lambda _sc, _school: Staggered(),
     "threshold": lambda _sc, _school: Threshold(),
     "ems": _ems,
-    # "oracle": a factory taking (scenario, school): it plans the whole day before the run starts
+    "oracle": _oracle,
 }
 
 

@@ -90,6 +90,7 @@ class BenchRun:
     asks: int = 0
     grants: int = 0
     compute_s: float = 0.0
+    plan: dict[str, Any] | None = None    # a controller that plans the day first (the oracle): how the plan went
 
     @property
     def steps(self) -> int:
@@ -138,6 +139,8 @@ class _Bench:
         self.clock = ManualClock(self.school.start)
         self.run = BenchRun(sc, controller_name, list(self.school.rooms), len(self.school.units), self.school.start,
                             sc.step_s)
+        report = getattr(self.controller, "report", None)
+        self.run.plan = report.as_json() if report is not None else None
         self.act = SimActuators(self.school, self.clock, self.run.commands)
         self.arbiter = Arbiter(self.act, clock=self.clock, min_off=lambda _a: MIN_OFF_S)
         choices = sc.teachers.setpoint_choices_c
@@ -341,6 +344,7 @@ def compute_kpis(run: BenchRun) -> dict[str, Any]:
         "duration_h": _r(hours, 4),
         "step_s": step,
         "seed": sc.seed,
+        **({"plan": run.plan} if run.plan is not None else {}),
     }
 
 
