@@ -25,19 +25,24 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge.core.loader import ConfigError, ConfigProblem, _fmt_loc, _line_for, load_yaml_with_lines
+from edge.core.loader import ConfigError, problem_at, pydantic_problems, read_mapping
 
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 Clock = Annotated[str, Field(pattern=HHMM)]
 _UNIONS = frozenset({"weather", "base_load_kw", "timetable"})   # pydantic puts the chosen kind after these in paths
 _TAGS = frozenset({"diurnal", "series", "constant", "elementary", "periods"})
+
+
+def _readable(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The file's path: the union's kind (diurnal, series, ...) left out after weather, base_load_kw, timetable."""
+    return (loc[0], *loc[2:]) if len(loc) > 1 and loc[0] in _UNIONS and loc[1] in _TAGS else loc
 
 
 class _Model(BaseModel):
@@ -271,35 +276,19 @@ def _id_range(rooms: Rooms) -> str:
     return f"{layout[0][0]}..{layout[-1][0]} by floor"
 
 
-def _problems(file: str, exc: ValidationError, lines: Mapping[tuple[str | int, ...], int]) -> list[ConfigProblem]:
-    """The loader's problem format; the union tags (diurnal, series, ...) left out of the field path."""
-    out = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        if len(loc) > 1 and loc[0] in _UNIONS and loc[1] in _TAGS:
-            loc = (loc[0], *loc[2:])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        out.append(ConfigProblem(file, _line_for(loc, lines), _fmt_loc(loc), msg))
-    return out
-
-
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     """Load and validate a scenario file; raise ConfigError listing every problem (file:line: field: what)."""
     p = Path(path)
     name = str(path)
-    data, lines, problems = load_yaml_with_lines(p)
-    if data is None:
-        raise ConfigError(problems)
-    if not isinstance(data, dict):
-        raise ConfigError([ConfigProblem(name, 1, "", "the top level must be a mapping")])
+    data, lines, problems = read_mapping(p)
     if problems:
         raise ConfigError(problems)
     data.setdefault("name", p.name.removesuffix(".yaml").removesuffix(".yml"))
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(name, exc, lines)) from None
-    found = [ConfigProblem(name, _line_for(loc, lines), _fmt_loc(loc), msg) for loc, msg in _cross_checks(sc)]
+        raise ConfigError(pydantic_problems(name, exc, lines, _readable)) from None
+    found = [problem_at(name, loc, lines, msg) for loc, msg in _cross_checks(sc)]
     if found:
         raise ConfigError(found)
     return sc

@@ -31,6 +31,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
+from drivers.rfid.framing import frame as encode
+from drivers.rfid.framing import rdm6300_frame
 from edge.core.config import Config, RelayChannel, RfidReader
 from edge.core.model import Kind
 
@@ -213,37 +215,9 @@ class TapPlayer:
         return out
 
 
-# -- the bytes on the line (the same as drivers.rfid.framing's encoders) ------------------------------
-def rdm6300_frame(card: int, version: int = RDM6300_VERSION) -> bytes:
-    """STX, 10 ASCII-hex (version, 4 ID bytes), 2 ASCII-hex XOR of those 5 bytes, ETX."""
-    data = bytes([version]) + card.to_bytes(4, "big")
-    check = data[0] ^ data[1] ^ data[2] ^ data[3] ^ data[4]
-    return b"\x02" + (data.hex() + f"{check:02x}").upper().encode("ascii") + b"\x03"
-
-
-def wiegand_frame(card: int, bits: Literal[26, 34]) -> bytes:
-    """One line of 26 (34) `0`/`1`: even parity over the first half, the data bits, odd parity over the second."""
-    width = bits - 2
-    if not 0 <= card < 1 << width:
-        raise ValueError(f"card {card} does not fit in {width} data bits")
-    body = format(card, f"0{width}b")
-    half = width // 2
-    even = body[:half].count("1") % 2
-    odd = 1 - body[half:].count("1") % 2
-    return f"{even}{body}{odd}\r\n".encode("ascii")
-
-
-def line_frame(card: int) -> bytes:
-    """The card number in ten zero-padded decimal digits and CR LF."""
-    return f"{card:010d}\r\n".encode("ascii")
-
-
+# -- the bytes on the line: the reader driver's own encoders ------------------------------------------
 def frame(framing: Framing, card: int) -> bytes:
     """What a reader of `framing` sends for one tap of `card` (an RDM6300 repeats while the card is held)."""
     if framing == "rdm6300":
-        return rdm6300_frame(card) * RDM6300_HELD
-    if framing == "wiegand26":
-        return wiegand_frame(card, 26)
-    if framing == "wiegand34":
-        return wiegand_frame(card, 34)
-    return line_frame(card)
+        return rdm6300_frame(card, RDM6300_VERSION) * RDM6300_HELD
+    return encode(framing, card)

@@ -24,8 +24,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # AC units, timetable): the simulator's pure, clock-free model, nothing of its servers
     "ems.bench": ("edge.core", "ems", "simulator.physics", "simulator.timetable"),
     # the virtual school serves devices from the same profiles: the profile codec and the
-    # Waveshare pulse frame are the Modbus driver's public data layer, nothing else of it
-    "simulator": ("edge.core", "simulator", "drivers.modbus.profile", "drivers.modbus.pulse"),
+    # Waveshare pulse frame are the Modbus driver's public data layer, nothing else of it;
+    # its card readers send the bytes the RFID driver's own encoders make
+    "simulator": ("edge.core", "simulator", "drivers.modbus.profile", "drivers.modbus.pulse",
+                  "drivers.rfid.framing"),
     "edge": PACKAGES,   # the roof
 }
 

@@ -244,17 +244,38 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int], list[ConfigPr
     return data, walker.lines, problems
 
 
-def _pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int]) -> list[ConfigProblem]:
+def problem_at(file: str, loc: Loc, lines: Mapping[Loc, int], message: str) -> ConfigProblem:
+    """A problem at field path `loc`, with the line it was found on."""
+    return ConfigProblem(file, _line_for(loc, lines), _fmt_loc(loc), message)
+
+
+def _without_union_tags(loc: Loc) -> Loc:
+    # discriminated unions add the tag ('ac', 'tcp') to the path: drop it for a readable path
+    return tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
+
+
+def pydantic_problems(file: str, exc: ValidationError, lines: Mapping[Loc, int],
+                      readable: Callable[[Loc], Loc] = _without_union_tags) -> list[ConfigProblem]:
+    """Every validation error as a problem with its line; `readable` turns pydantic's path into the
+    file's (by default: the site config's union tags, 'ac', 'tcp', ..., left out)."""
     out = []
     for err in exc.errors():
-        loc: Loc = tuple(err["loc"])
-        # discriminated unions add the tag ('ac', 'tcp') to the path: drop it for a readable path
-        clean: Loc = tuple(p for p in loc if not (isinstance(p, str) and p in _UNION_TAGS))
+        clean = readable(tuple(err["loc"]))
         msg = _ENUM_REPR.sub(r"'\1'", err["msg"])  # <Kind.AC: 'ac'> -> 'ac': what the file says
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        out.append(ConfigProblem(file, _line_for(clean, lines), _fmt_loc(clean), msg))
+        out.append(problem_at(file, clean, lines, msg))
     return out
+
+
+def read_mapping(path: Path) -> tuple[dict[str, Any], dict[Loc, int], list[ConfigProblem]]:
+    """A YAML file whose top level is a mapping, with the line of every field; ConfigError otherwise."""
+    data, lines, problems = load_yaml_with_lines(path)
+    if data is None:
+        raise ConfigError(problems)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(str(path), 1, "", "the top level must be a mapping")])
+    return data, lines, problems
 
 
 _UNION_TAGS = {"tcp", "rtu", "ac", "meter", "relay", "light", "fan", "door", "rfid", "beacon_scanner",
@@ -442,18 +463,14 @@ def load_config(path: str | os.PathLike[str], checks: Iterable[Check] = ()) -> C
     """
     p = Path(path)
     name = str(path)
-    data, lines, problems = load_yaml_with_lines(p)
-    if data is None:
-        raise ConfigError(problems)
-    if not isinstance(data, dict):
-        raise ConfigError([ConfigProblem(name, 1, "", "the top level must be a mapping")])
+    data, lines, problems = read_mapping(p)
     _resolve_paths(data, p.resolve().parent)
     kept: dict[str, list[int]] = {}
     removed: set[str] = set()
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems += _pydantic_problems(name, exc, lines)
+        problems += pydantic_problems(name, exc, lines)
         pruned, kept, removed = _prune(data, exc)
         try:
             cfg = Config.model_validate(pruned)
