@@ -124,6 +124,8 @@ def load_public_key(path: str | os.PathLike[str]) -> PublicKey:
     pub = [body for label, body in blocks if label == b"PUBLIC KEY"]
     if not pub:
         raise KeyFileError(path, "not a PEM public key (expected '-----BEGIN PUBLIC KEY-----')")
+    if len(blocks) > 1:   # a second key appended would be silently ignored: one key per file, listed in command_keys
+        raise KeyFileError(path, f"holds {len(blocks)} PEM blocks; put one public key per file in cloud.command_keys")
     try:
         der = base64.b64decode(b"".join(pub[0].split()), validate=True)
     except (binascii.Error, ValueError):

@@ -20,7 +20,7 @@ from edge.core.model import Kind, voltage_imbalance_pct
 # at 8,640 points a day. Classroom AC: room temperature moves over minutes and a change of on/off
 # is written at once anyway, so 60 s (80 units: ~115k points a day, not ~3.5M at the 2 s poll).
 # Relay channels only change on command: every change is written (on/off is always forced).
-DEFAULT_SAMPLE_S: Mapping[str, float] = {"meter": 10.0, "ac": 60.0, "relay": 60.0}
+DEFAULT_SAMPLE_S: Mapping[str, float] = {"meter": 10.0, "ac": 60.0, "relay": 60.0, "ems": 10.0}
 # An unchanged device publishes no state; without a repeat its series would look stale (VictoriaMetrics
 # and Grafana stop drawing a series after ~5 min without samples).
 HEARTBEAT_S = 240.0

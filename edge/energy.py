@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,6 +112,7 @@ class EnergyService:
     # -- lifecycle ----------------------------------------------------------------------------------
     async def __aenter__(self) -> EnergyService:
         self._restore()
+        await self._release_stale_holds()
         self._load_models()
         loop = asyncio.get_running_loop()
 
@@ -139,6 +140,21 @@ class EnergyService:
         self._snapshot(force=True)
         if self.history is not None:
             await asyncio.to_thread(self.history.close)
+
+    async def _release_stale_holds(self) -> None:
+        """Holds of the EMS from before a restart (the arbiter keeps requests across restarts): the controller
+        starts afresh, so they are let go now, and the next turns shed again what the block needs."""
+        for d in self.acs:
+            if any(r.source == Source.EMS for r in self.host.arbiter.requests(d.id)):
+                out = await self.host.control.release(d.id, Source.EMS, "ems")
+                log.info("ems: %s: hold from before the restart released (%s)", d.id, out.code)
+
+    def _contained(self, what: str, fn: Callable[[], None]) -> None:
+        """Alarms, usage and history each fail alone (a damaged database, a full disk): control goes on."""
+        try:
+            fn()
+        except Exception:
+            log.exception("ems: %s failed this turn; demand control goes on", what)
 
     async def _run(self) -> None:
         next_turn = 0.0
@@ -220,14 +236,17 @@ class EnergyService:
     # -- one turn -----------------------------------------------------------------------------------
     async def turn(self, now: float) -> list[Action]:
         block = self.block(now)
-        self._alarm_turn(now, block)
         views = [self.view(d, now) for d in self.acs if self.host.states.get(d.id, {}).get("online")]
-        self._usage_turn(now, views)
-        await self._history_turn(now, views)
         actions = self.controller.step(now, block, views)
         for a in actions:
             await self._apply(a)
-        await self._precool(now, block, views)
+        self._contained("alarms", lambda: self._alarm_turn(now, block))
+        self._contained("usage", lambda: self._usage_turn(now, views))
+        try:
+            await self._history_turn(now, views)
+            await self._precool(now, block, views)
+        except Exception:
+            log.exception("ems: history or pre-cooling failed this turn; demand control goes on")
         self.turns += 1
         self._publish(now, block)
         return actions
@@ -349,11 +368,14 @@ class EnergyService:
             return refusal(room, "unknown_target", f"no room {room!r}")
         if not isinstance(kwh, int | float) or isinstance(kwh, bool) or not 0 < kwh <= 100_000:
             return refusal(room, "out_of_range", f"kwh {kwh!r}: a number above 0, at most 100000")
+        before = self.usage.snapshot()
         if self.usage.balance(room) is None:
             self.usage.set_quota(room, float(kwh))
         else:
             self.usage.top_up(room, float(kwh))
-        self._snapshot(force=True)
+        if not self._snapshot(force=True):   # a credit that is not on disk is not answered ok, nor kept
+            self.usage.restore(before)
+            return refusal(room, "storage_full", "the top-up could not be stored (the disk is full?); nothing changed")
         balance = self.usage.balance(room) or 0.0
         log.info("quota of room %s topped up by %g kWh by %s: %.1f kWh left", room, kwh, requester, balance)
         self.host.on_event("quota", {"room": room, "top_up_kwh": kwh, "balance_kwh": round(balance, 3),
@@ -363,16 +385,19 @@ class EnergyService:
     async def _report(self, params: Mapping[str, Any], requester: str) -> Result:
         """Today's use so far per room as `usage` events (partial), on request."""
         target = str(params.get("target", "site"))
-        rooms = self.usage.rooms() if target == "site" else [target]
-        for room in rooms:
-            day = self.usage.today(room)
+        try:
+            rooms = self.usage.rooms() if target == "site" else [target]
+            days = [self.usage.today(room) for room in rooms]
+        except ValueError:   # nothing metered yet today
+            return Result("ok", "ok", "no AC use metered yet today", target)
+        for room, day in zip(rooms, days, strict=True):
             self.host.on_event("usage", {**day.as_event(), "id": f"usage-{room}-{day.day.isoformat()}-partial-"
                                                                   f"{int(self.host.clock.time())}", "partial": True})
         return Result("ok", "ok", f"{len(rooms)} usage report(s) sent", target)
 
     # -- alarms -------------------------------------------------------------------------------------
     def _alarm_turn(self, now: float, block: BlockStatus) -> None:
-        raw = self.host.store.get(ALARM_DOCUMENT)
+        raw = self.host.store.get(ALARM_DOCUMENT)   # a failing store: this part of the turn fails alone
         if raw != self._alarm_doc:
             self._alarm_doc = raw
             try:
@@ -435,10 +460,11 @@ class EnergyService:
                 "alarms": [a.as_event() for a in self.alarms.active()], "usage": self.usage.as_status()}
 
     # -- persistence ----------------------------------------------------------------------------------
-    def _snapshot(self, *, force: bool = False) -> None:
+    def _snapshot(self, *, force: bool = False) -> bool:
+        """Save the block, alarms and usage; False if the store refused (control goes on from memory)."""
         now = self.host.clock.time()
         if not force and now - self._last_snapshot < SNAPSHOT_EVERY_S:
-            return
+            return True
         self._last_snapshot = now
         try:
             self.host.store.set(SNAPSHOT_KEY, json.dumps({"meter": self.meter.snapshot(),
@@ -446,9 +472,15 @@ class EnergyService:
                                                           "usage": self.usage.snapshot()}))
         except StorageError as exc:   # a full disk: control goes on from memory
             log.warning("ems: state not saved: %s", exc)
+            return False
+        return True
 
     def _restore(self) -> None:
-        raw = self.host.store.get(SNAPSHOT_KEY)
+        try:
+            raw = self.host.store.get(SNAPSHOT_KEY)
+        except Exception as exc:   # a damaged store: start the block afresh rather than not at all
+            log.warning("ems: saved state unreadable (%s); starting afresh", exc)
+            return
         if raw is None:
             return
         try:

@@ -164,9 +164,7 @@ class EmsController:
     # -- the loop -----------------------------------------------------------------------------------
     def step(self, now: float, block: BlockStatus, units: Sequence[UnitView]) -> list[Action]:
         actions: list[Action] = []
-        views = {u.id: u for u in units}
-        for uid in [k for k in self._units if k not in views]:
-            del self._units[uid]
+        views = {u.id: u for u in units}   # a unit missing (offline for a turn) keeps its state: its hold stands
         self._flex = {u.id: self._unit_kw(u) * self.policy.setpoint_shed_share for u in units
                       if u.on and u.wanted_on and u.setpoint_c < self.policy.setpoint_max_c
                       and self._units.get(u.id, _Unit()).shed is None}

@@ -468,6 +468,9 @@ def test_keys_files(tmp_path: Path) -> None:
     (tmp_path / "cut.pub").write_text(good.replace(good.splitlines()[1], good.splitlines()[1][:-6] + "!!!!=="))
     with pytest.raises(KeyFileError, match=r"cut\.pub: not a PEM public key \(its base64 is damaged\)"):
         load_public_key(tmp_path / "cut.pub")
+    (tmp_path / "two.pub").write_text(good + good)
+    with pytest.raises(KeyFileError, match=r"two\.pub: holds 2 PEM blocks; put one public key per file"):
+        load_public_key(tmp_path / "two.pub")
     with pytest.raises(KeyFileError, match=r"cloud\.key: is a private key"):
         load_public_key(tmp_path / "k" / "cloud.key")
     with pytest.raises(ValueError, match=r"(?s)junk\.pub.*ec\.pub"):

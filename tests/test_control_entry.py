@@ -261,10 +261,28 @@ async def test_a_person_changing_their_own_request_keeps_what_they_did_not_chang
     assert (await ctl.ask(Ask("ac-1", {"setpoint_c": 27}, Source.TEACHER, "teacher:T1"))).ok
     (mine,) = ctl.arbiter.requests("ac-1")
     assert dict(mine.fields) == {"power_on": True, "setpoint_c": 27}     # still wants it on
-    # another teacher's request replaces it (one request per source): theirs only
+    # a colleague of the same tier changes the same standing request: it stays on at their setpoint
     assert (await ctl.ask(Ask("ac-1", {"setpoint_c": 28}, Source.TEACHER, "teacher:T2"))).ok
     (theirs,) = ctl.arbiter.requests("ac-1")
-    assert (theirs.requester, dict(theirs.fields)) == ("teacher:T2", {"setpoint_c": 28})
+    assert (theirs.requester, dict(theirs.fields)) == ("teacher:T2", {"power_on": True, "setpoint_c": 28})
+
+
+async def test_a_setpoint_change_that_would_restart_a_unit_meets_the_admission() -> None:
+    """The merged request is what gets written: if it starts the unit, the energy manager decides."""
+    ctl, unit, _clock, _seen = entry()
+    assert (await ctl.ask(Ask("ac-1", {"power_on": True, "setpoint_c": 26}, Source.TEACHER, "teacher:T1"))).ok
+    unit.state["ac-1"]["power_on"] = False            # switched off by hand at the unit since
+    ctl.arbiter.observe("ac-1", {"power_on": False})
+    asked: list[Mapping[str, Any]] = []
+
+    def quota(_t: str, _k: Kind, fields: Mapping[str, Any], _s: Source) -> Denial | None:
+        asked.append(dict(fields))
+        return Denial("denied_by_quota", "room 101 has used its quota") if fields.get("power_on") else None
+
+    ctl.admission = quota
+    out = await ctl.ask(Ask("ac-1", {"setpoint_c": 27}, Source.TEACHER, "teacher:T1"))
+    assert asked == [{"power_on": True, "setpoint_c": 27}]
+    assert (out.status, out.code) == ("rejected", "denied_by_quota")
 
 
 async def test_a_queued_start_is_taken_under_an_ems_hold_and_the_ems_itself_is_never_queued() -> None:

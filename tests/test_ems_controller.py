@@ -364,3 +364,18 @@ def test_an_empty_room_is_switched_off_only_when_its_class_is_away_long_and_on_a
     ctl3.step(T0, block(10.0), [home])
     assert [x.kind for x in ctl3.step(T0 + 600, block(10.0), [home])] == [ActionKind.SWITCH_OFF]
     assert ctl3.step(T0 + 9000, block(10.0), [view("ac-3", "r3", occupied=False)]) == []
+
+
+def test_a_unit_offline_for_a_turn_keeps_its_shed_and_is_restored_when_it_returns() -> None:
+    ctl = EmsController(EmsPolicy(restore_gap_s=0))
+    units = [view(f"ac-{i}", f"r{i}", on=True, wanted_on=True, power_kw=2.0, setpoint_c=28.0) for i in range(3)]
+    acts = ctl.step(T0, block(49.5), units)
+    shed = {a.unit for a in acts if a.kind == ActionKind.SHED_OFF}
+    assert shed
+    gone = next(iter(shed))
+    ctl.step(T0 + 10, block(49.5), [u for u in units if u.id != gone])      # one RS-485 timeout
+    assert gone in ctl.shed_units()                                          # not forgotten
+    back = [view(u.id, u.room, on=u.id not in shed, wanted_on=True, power_kw=2.0 if u.id not in shed else 0.0,
+                 setpoint_c=28.0, shed=u.id in shed) for u in units]
+    acts = ctl.step(T0 + 900 + 300, block(30.0, elapsed_s=300), back)       # plenty of room, past min off
+    assert gone in {a.unit for a in acts if a.kind == ActionKind.RESTORE}

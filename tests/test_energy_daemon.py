@@ -23,6 +23,7 @@ from edge.core.arbiter import Source
 from edge.core.config import Config
 from edge.core.control import Ask
 from edge.core.loader import ConfigError
+from edge.core.store import StorageError
 from edge.core.timetable import occupied
 from edge.daemon import Daemon
 from edge.energy import EnergyService
@@ -342,3 +343,34 @@ def test_the_energy_managers_events_match_the_published_contract() -> None:
         assert [e.message for e in asyncapi_validator(schema).iter_errors(body)] == [], schema
     wrong = {**cases["EmsEvent"], "action": "shed"}
     assert list(asyncapi_validator("EmsEvent").iter_errors(wrong))
+
+
+async def test_a_restart_lets_go_of_the_ems_holds_of_the_last_run(school: tuple[dict[str, Any], VirtualSchool]) -> None:
+    base, sim = school
+    cfg = with_contract(base, sim.site_power_w / 1000 * 3)
+    async with Daemon(cfg, status_port=0) as daemon:
+        await until(lambda: all(s.get("online") for s in daemon.states.values()), what="every device online")
+        out = await daemon.control.ask(Ask("ac-101a", {"power_on": False}, Source.EMS, "ems", hold_s=3600))
+        assert out.ok
+        assert Source.EMS in [r.source for r in daemon.arbiter.requests("ac-101a")]
+    async with Daemon(cfg, status_port=0) as daemon:      # the same storage: the hold was kept on disk
+        assert Source.EMS not in [r.source for r in daemon.arbiter.requests("ac-101a")]
+
+
+async def test_a_top_up_that_cannot_be_stored_is_not_answered_ok_nor_kept(
+        school: tuple[dict[str, Any], VirtualSchool], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, sim = school
+    cfg = with_contract(base, sim.site_power_w / 1000 * 3)
+    async with Daemon(cfg, status_port=0) as daemon:
+        ems = ems_of(daemon)
+        assert (await daemon.control.site("quota.topup", {"target": "101", "kwh": 5}, "facility:F1")).ok
+
+        def full(_key: str, _value: str) -> None:
+            raise StorageError("disk full")
+
+        monkeypatch.setattr(daemon.store, "set", full)
+        out = await daemon.control.site("quota.topup", {"target": "101", "kwh": 5}, "facility:F1")
+        assert (out.status, out.code) == ("failed", "storage_full")
+        assert ems.usage.balance("101") == pytest.approx(5.0)
+        report = await daemon.control.site("usage.report", {"target": "site"}, "facility:F1")
+        assert report.ok

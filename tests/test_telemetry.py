@@ -24,7 +24,7 @@ from cloud_sync.retry import downward_backoff
 from cloud_sync.sampler import Sampler, state_fields
 from cloud_sync.telemetry import TelemetryWriter, classify, parse_retry_after, post_write
 from edge.core.clock import SystemClock, iso
-from edge.core.config import Config
+from edge.core.config import Config, EmsConfig
 from edge.core.events import EventBus, Message
 
 ODD_ROOM = "3年1班, A=b\\c \"q\""
@@ -401,3 +401,11 @@ def test_meter_telemetry_carries_the_voltage_imbalance_and_ems_its_block() -> No
                              "contract_kw": 150.0, "shed_units": 3, "stale": False})
     assert e == {"online": True, "block_avg_kw": 140.0, "projected_kw": 151.0, "allow_kw": 148.0,
                  "contract_kw": 150.0, "shed_units": 3}
+
+
+def test_a_site_with_the_energy_manager_and_influx_gets_a_writer_with_ems_points(tmp_path: Path) -> None:
+    """`ems:` and `cloud.influx` together: the ems pseudo-device has a sampling window of its own."""
+    cfg = make_cfg("http://127.0.0.1:1", "gw-e")
+    cfg = cfg.model_copy(update={"ems": EmsConfig(meter="meter-main", contract_kw=100)})
+    w = TelemetryWriter(cfg, EventBus(), storage_dir=tmp_path, clock=SystemClock())   # no KeyError: 'ems'
+    assert "ems" in w._samplers

@@ -250,20 +250,24 @@ class Control:
     async def ask(self, ask: Ask) -> Result:
         """Validate, admit and submit one request; answer truthfully (see the module docstring)."""
         now = self.clock.time()
+        # One request per source and device: a new one from the same tier (the same teacher, or a
+        # colleague of the same room) changes the standing one, so a new setpoint keeps its "on".
+        # Merged before the checks: admission and the quota see what will be written.
+        standing = next((r for r in self.arbiter.requests(ask.target)
+                         if r.source == ask.source and (r.expires is None or r.expires > now)), None)
+        fields = {**standing.fields, **ask.fields} if standing is not None else ask.fields
         try:
-            _kind, typed, queued = self._check(ask.target, ask.fields, ask.source, may_queue=ask.source < Source.EMS)
+            _kind, typed, queued = self._check(ask.target, fields, ask.source, may_queue=ask.source < Source.EMS)
             until = self._until(ask, now)
         except Refused as r:
             return refusal(ask.target, r.code, r.message, self._state(ask.target), r.retry_after_s)
-        mine = next((r for r in self.arbiter.requests(ask.target)
-                     if r.source == ask.source and r.requester == ask.requester
-                     and (r.expires is None or r.expires > now)), None)
-        if mine is not None:   # the same person changes their own request: a new setpoint keeps their "on"
-            typed = {**mine.fields, **typed}
         if queued is not None:
             log.info("%s: start of %s queued by the energy manager: %s", ask.target, ask.requester, queued.message)
-            await self.arbiter.submit(Request(ask.target, Source.EMS, {"power_on": False}, now + queued.hold_s,
-                                              "ems:queue"))
+            held = await self.arbiter.submit(Request(ask.target, Source.EMS, {"power_on": False},
+                                                     now + queued.hold_s, "ems:queue"))
+            if not held.ok:   # without the hold the start would go ahead unqueued: refuse instead
+                return refusal(ask.target, "denied_by_ems", f"{queued.message} (and it could not be queued:"
+                                                            f" {held.message})", self._state(ask.target))
         out = await self.arbiter.submit(Request(ask.target, ask.source, typed, until, ask.requester))
         answer = self._answer(ask.target, typed, out, until)
         if queued is not None and answer.ok:
