@@ -254,6 +254,7 @@ def test_ems_settings_name_real_units_and_rooms(tmp_path: Path) -> None:
     base = two_bus_school(tmp_path, 1)
     base["ems"] = {"meter": "meter-main", "contract_kw": 100, "unit_rated_kw": {"ac-999": 2.0, "light-401": 1.0},
                    "room_priority": {"999": 5}}
+    base["ems"]["precool_setpoint_c"] = 25.0
     base["rooms"][0]["away"] = {"someday": [3]}
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(base), encoding="utf-8")
@@ -264,6 +265,7 @@ def test_ems_settings_name_real_units_and_rooms(tmp_path: Path) -> None:
     assert "ems.unit_rated_kw.light-401" in text
     assert "ems.room_priority.999: unknown room '999'" in text
     assert "rooms[0].away.someday" in text
+    assert "ems.precool_setpoint_c: 25 °C is outside the setpoint policy 26-28 °C" in text
 
 
 async def test_a_room_is_pre_cooled_before_its_teachers_usual_start(school: tuple[dict[str, Any], VirtualSchool],

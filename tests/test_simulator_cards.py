@@ -465,3 +465,17 @@ async def test_a_door_pulse_lasts_its_seconds_of_gateway_time_at_any_speed(tmp_p
     clock.now += 0.1 * speed
     school.sync()
     assert school.relay("relay-1")[0] is False
+
+
+async def test_a_unix_socket_that_cannot_be_served_is_closed_and_removed(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ble.sock"
+    loop = asyncio.get_running_loop()
+
+    async def refuse(*_a: Any, **_kw: Any) -> Any:
+        raise OSError("no more file descriptors")
+
+    monkeypatch.setattr(loop, "create_datagram_endpoint", refuse)
+    with pytest.raises(ScannerUnavailable, match="no more file descriptors"):
+        await DatagramBackend().scan(f"unixgram://{path}", Heard())
+    assert not path.exists()          # the next try binds afresh instead of "another process listens"

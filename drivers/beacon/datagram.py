@@ -159,7 +159,14 @@ class DatagramBackend:
             if isinstance(where, str):
                 sock = _bind_unix(where)
                 path = where
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(to, self.counts), sock=sock)
+                try:
+                    transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(to, self.counts),
+                                                                       sock=sock)
+                except BaseException:   # the bound socket and its path must not outlive the failure
+                    sock.close()
+                    with contextlib.suppress(OSError):
+                        os.unlink(where)
+                    raise
             else:
                 transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(to, self.counts),
                                                                    local_addr=where)

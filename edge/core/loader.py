@@ -392,6 +392,11 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[Loc, str]]:
         for room in cfg.ems.room_priority:
             if room not in room_ids:
                 yield ("ems", "room_priority", room), f"unknown room {room!r}"
+        if not cfg.control.setpoint_min_c <= cfg.ems.precool_setpoint_c <= cfg.control.setpoint_max_c:
+            yield ("ems", "precool_setpoint_c"), (
+                f"{cfg.ems.precool_setpoint_c:g} °C is outside the setpoint policy"
+                f" {cfg.control.setpoint_min_c:g}-{cfg.control.setpoint_max_c:g} °C (control): every pre-cool would"
+                " be refused")
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
