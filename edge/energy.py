@@ -185,15 +185,6 @@ class EnergyService:
     def block(self, now: float | None = None) -> BlockStatus:
         return self.meter.status(self.host.clock.time() if now is None else now)
 
-    def _wanted(self, unit: str) -> dict[str, Any]:
-        """What the unit would do without the EMS: the highest holder below it, field by field."""
-        out: dict[str, Any] = {}
-        for r in self.host.arbiter.requests(unit):   # highest first
-            if r.source < Source.EMS:
-                for k, v in r.fields.items():
-                    out.setdefault(k, v)
-        return out
-
     def view(self, dev: ModbusDevice, now: float) -> UnitView:
         st = self.host.states.get(dev.id, {})
         on = bool(st.get("power_on"))
@@ -201,7 +192,7 @@ class EnergyService:
             self._off_since.pop(dev.id, None)
         else:
             self._off_since.setdefault(dev.id, now)
-        wanted = self._wanted(dev.id)
+        wanted = self.host.arbiter.effective(dev.id, below=Source.EMS)   # what comes back when the EMS lets go
         power_w = st.get("power_w")
         setpoint = st.get("setpoint_c")
         room = dev.room or ""

@@ -78,12 +78,7 @@ class Plant:
         return 0.0 if not u.power_on else RATED_KW * (1 - 0.15 * (u.setpoint_c - 26.0))
 
     def wanted(self, uid: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for r in self.arbiter.requests(uid):
-            if r.source < Source.EMS:
-                for k, v in r.fields.items():
-                    out.setdefault(k, v)
-        return out
+        return self.arbiter.effective(uid, below=Source.EMS)
 
     def views(self) -> list[UnitView]:
         out = []

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from test_ems_usage import run
 
 from ems.usage import DayUsage, MonthUsage, QuotaWarning, UsageMeter
 
@@ -24,14 +25,6 @@ T9 = datetime(2026, 6, 16, 9, 0, tzinfo=TPE).timestamp()     # 09:00 local
 MIDNIGHT = datetime(2026, 6, 17, 0, 0, tzinfo=TPE).timestamp()
 
 
-def run(m: UsageMeter, unit: str, room: str, t_from: float, t_to: float, *, on: bool = True,
-        power_kw: float | None = None, rated_kw: float = 1.7, step_s: float = 10.0) -> list[DayUsage | QuotaWarning]:
-    out: list[DayUsage | QuotaWarning] = []
-    t = t_from
-    while t <= t_to + 1e-9:
-        out += m.feed(t, unit, room, on, power_kw, rated_kw)
-        t += step_s
-    return out
 
 
 def warnings(out: list[DayUsage | QuotaWarning]) -> list[QuotaWarning]:

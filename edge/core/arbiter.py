@@ -124,13 +124,14 @@ class Arbiter:
         return self._state.setdefault(actuator, _Actuator())
 
     # -- resolution --------------------------------------------------------------------------
-    def effective(self, actuator: str) -> dict[str, Any]:
-        """The desired state: each field from the highest-priority live request that sets it."""
+    def effective(self, actuator: str, below: Source | None = None) -> dict[str, Any]:
+        """The desired state: each field from the highest-priority live request that sets it; with `below`,
+        what it would be without that source and those above it (what the EMS would give back)."""
         now = self._clock.time()
         out: dict[str, Any] = {}
         for src in sorted(self._a(actuator).requests, reverse=True):
             req = self._a(actuator).requests[src]
-            if req.expires is not None and req.expires <= now:
+            if (below is not None and src >= below) or (req.expires is not None and req.expires <= now):
                 continue
             for k, v in req.fields.items():
                 out.setdefault(k, v)

@@ -162,17 +162,9 @@ class _Bench:
     def _lower(self, uid: str) -> tuple[dict[str, Any], bool]:
         """What the sources below the energy manager want of `uid`, field by field; whether the EMS holds it."""
         now = self.clock.time()
-        wanted: dict[str, Any] = {}
-        shed = False
-        for req in self.arbiter.requests(uid):   # highest first
-            if req.expires is not None and req.expires <= now:
-                continue
-            if req.source >= Source.EMS:
-                shed = shed or req.source == Source.EMS
-                continue
-            for k, v in req.fields.items():
-                wanted.setdefault(k, v)
-        return wanted, shed
+        shed = any(r.source == Source.EMS and (r.expires is None or r.expires > now)
+                   for r in self.arbiter.requests(uid))
+        return self.arbiter.effective(uid, below=Source.EMS), shed
 
     def wanted_on(self, unit: str) -> bool:
         wanted, _shed = self._lower(unit)
